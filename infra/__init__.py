@@ -1,0 +1,1 @@
+"""segue infrastructure: the embedded local stack (broker, Redis) and deployment files."""

@@ -1,0 +1,1 @@
+"""segue load generators and benchmarks."""

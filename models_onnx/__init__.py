@@ -1,0 +1,1 @@
+"""segue models: generated interaction data, training, ONNX export and offline evaluation."""

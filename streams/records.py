@@ -1,0 +1,113 @@
+"""Event contract v1: play, skip and like events as typed, frozen records.
+
+The JSON Schema in ``docs/schema/events-v1.schema.json`` is generated from these classes
+(``python -m streams.schema``) and a test keeps the two in step. Every event is a JSON object
+keyed on Kafka by ``user_id``. ``decode_event`` is the only way bytes become an ``Event``; it
+raises ``InvalidEvent`` with a stable ``reason`` code that the worker puts on the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from streams.errors import InvalidEvent
+
+SCHEMA_VERSION: Final = 1
+MAX_EVENT_BYTES: Final = 4096
+# Client timestamps (ms since the Unix epoch) outside this window are rejected as invalid.
+MIN_TS_MS: Final = 1_000_000_000_000  # 2001-09-09
+MAX_TS_MS: Final = 4_102_444_800_000  # 2100-01-01
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Millis = Annotated[int, msgspec.Meta(ge=0, le=86_400_000)]
+Timestamp = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, le=MAX_TS_MS)]
+
+# Reason codes for dead letters. Stable: dashboards and alerts use them.
+MALFORMED_JSON: Final = "malformed_json"
+OVERSIZED: Final = "oversized"
+UNKNOWN_TYPE: Final = "unknown_type"
+MISSING_FIELD: Final = "missing_field"
+INVALID_FIELD: Final = "invalid_field"
+UNKNOWN_TRACK: Final = "unknown_track"
+REASONS: Final = (MALFORMED_JSON, OVERSIZED, UNKNOWN_TYPE, MISSING_FIELD, INVALID_FIELD, UNKNOWN_TRACK)
+
+
+class Context(msgspec.Struct, frozen=True):
+    """Where the event happened: the player's device class and what started the track."""
+
+    device: Label | None = None
+    source: Label | None = None
+
+
+class _EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    # Unknown fields are ignored (tolerant reader): producers may add fields without breaking v1 workers.
+    v: Literal[1] = 1
+    event_id: EventId
+    user_id: Id
+    track_id: Id
+    ts_ms: Timestamp
+    session_id: Id | None = None
+    context: Context | None = None
+
+
+class Play(_EventBase, tag="play"):
+    """The listener played ``track_id`` for ``played_ms`` (to the end, or until something else started)."""
+
+    played_ms: Millis
+    position_ms: Millis | None = None
+    duration_ms: Millis | None = None
+
+
+class Skip(_EventBase, tag="skip"):
+    """The listener skipped ``track_id`` after ``played_ms``; ``position_ms`` is where it was skipped."""
+
+    played_ms: Millis
+    position_ms: Millis | None = None
+    duration_ms: Millis | None = None
+
+
+class Like(_EventBase, tag="like"):
+    """The listener liked ``track_id``."""
+
+
+Event = Play | Skip | Like
+EVENT_TYPES: Final = ("play", "skip", "like")
+
+_decoder = msgspec.json.Decoder(Event)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_event(raw: bytes | bytearray | memoryview | str) -> Event:
+    """Decode and validate one event; raise ``InvalidEvent`` with a reason code if it is not valid v1."""
+    if raw is None:
+        raise InvalidEvent(MALFORMED_JSON, "empty message value")
+    if len(raw) > MAX_EVENT_BYTES:
+        raise InvalidEvent(OVERSIZED, f"event is {len(raw)} bytes, the limit is {MAX_EVENT_BYTES}")
+    try:
+        return _decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(_classify(str(exc)), str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(MALFORMED_JSON, str(exc)) from None
+
+
+def _classify(message: str) -> str:
+    if "missing required field" in message:
+        return MISSING_FIELD
+    if "`$.type`" in message:
+        return UNKNOWN_TYPE
+    return INVALID_FIELD
+
+
+def encode_event(event: Event) -> bytes:
+    """Encode an event as compact JSON (the wire format)."""
+    return _encoder.encode(event)
+
+
+def event_type(event: Event) -> str:
+    """The ``type`` tag of an event: ``play``, ``skip`` or ``like``."""
+    return type(event).__struct_config__.tag  # type: ignore[return-value]

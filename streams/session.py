@@ -1,0 +1,226 @@
+"""Per-user session state and the pure rule that applies one event to it.
+
+No I/O here: the worker, the offline evaluation and the tests all call ``apply_event`` with plain values,
+so the online state and the offline numbers come from the same code.
+
+State, per user (format v1, see ``streams.state_codec`` and docs/state.md):
+
+* ``pos``   float32 [dim]  decayed sum of what the session played through or liked
+* ``neg``   float32 [dim]  decayed sum of what the session skipped
+* ``taste`` float32 [dim]  long-term taste: a slow average of positives across sessions
+* ``recent`` track indices, most recent last, with outcome codes (played, skipped, liked)
+* counters of the current session, its id and bounds, the last applied Kafka offset, and the ids of the
+  most recent events, which make ``apply_event`` idempotent under redelivery.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Final
+
+import numpy as np
+
+from streams.records import Event, Like, Play, Skip
+
+PLAYED: Final = 0
+SKIPPED: Final = 1
+LIKED: Final = 2
+OUTCOME_NAMES: Final = ("played", "skipped", "liked")
+
+# A play counts as a positive signal in proportion to how much of the track was heard; a play of under
+# this many milliseconds without a duration is treated as a skip-like weak signal.
+SKIP_PROXY_MS: Final = 30_000
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    """How strongly each kind of event moves the session and long-term vectors."""
+
+    decay: float = 0.8  # per event, for pos and neg
+    play_weight: float = 1.0
+    like_weight: float = 2.0
+    skip_weight: float = 1.0
+    taste_rate: float = 0.05  # per positive event, for the long-term vector
+    gap_ms: int = 30 * 60 * 1000
+    recent_max: int = 50
+    dedup_max: int = 64
+
+
+@dataclass(frozen=True)
+class SessionState:
+    """The state of one user. Immutable: ``apply_event`` returns a new one."""
+
+    pos: np.ndarray
+    neg: np.ndarray
+    taste: np.ndarray
+    recent: tuple[int, ...] = ()
+    outcomes: tuple[int, ...] = ()
+    session_id: str = ""
+    session_start_ms: int = 0
+    last_ts_ms: int = 0
+    plays: int = 0
+    skips: int = 0
+    likes: int = 0
+    events: int = 0  # events applied in the current session (position in session)
+    last_outcome: int = -1
+    seen_ids: tuple[str, ...] = ()
+    partition: int = -1  # Kafka partition of the last applied event, -1 if none
+    offset: int = -1  # last applied offset in that partition, -1 if none
+    version: int = 0  # number of events ever applied; bumps on every change
+
+    @property
+    def dim(self) -> int:
+        return int(self.pos.shape[0])
+
+    @staticmethod
+    def empty(dim: int) -> SessionState:
+        z = np.zeros(dim, dtype=np.float32)
+        return SessionState(pos=z, neg=z.copy(), taste=z.copy())
+
+
+def is_duplicate(
+    state: SessionState, event_id: str, partition: int | None = None, offset: int | None = None
+) -> bool:
+    """True if this event was already applied: by its id, or by its Kafka position in the user's partition."""
+    if offset is not None and partition == state.partition and 0 <= offset <= state.offset:
+        return True
+    return event_id in state.seen_ids
+
+
+def outcome_of(event: Event) -> int:
+    """Map an event to PLAYED, SKIPPED or LIKED."""
+    if isinstance(event, Like):
+        return LIKED
+    if isinstance(event, Skip):
+        return SKIPPED
+    return PLAYED
+
+
+def _play_strength(event: Play) -> float:
+    if event.duration_ms:
+        return float(min(1.0, event.played_ms / event.duration_ms))
+    return float(min(1.0, event.played_ms / SKIP_PROXY_MS))
+
+
+def apply_event(
+    state: SessionState,
+    event: Event,
+    track_index: int,
+    item: np.ndarray,
+    dyn: Dynamics = Dynamics(),
+    partition: int | None = None,
+    offset: int | None = None,
+) -> SessionState:
+    """Apply one validated event for a known track (``item`` is its embedding) and return the new state.
+
+    Idempotent: an event whose id (or offset) was already applied returns ``state`` unchanged.
+    Events older than the current session's last event still count but never move the session bounds.
+    """
+    if is_duplicate(state, event.event_id, partition, offset):
+        return state
+
+    new_session = state.events == 0 or (event.ts_ms - state.last_ts_ms) > dyn.gap_ms
+    new_session = new_session or (
+        event.session_id is not None and state.session_id != "" and event.session_id != state.session_id
+    )
+    if new_session:
+        pos = np.zeros_like(state.pos)
+        neg = np.zeros_like(state.neg)
+        plays = skips = likes = events = 0
+        recent_outcomes: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+        session_id = event.session_id or f"{event.user_id}:{event.ts_ms}"
+        start = event.ts_ms
+    else:
+        pos, neg = state.pos, state.neg
+        plays, skips, likes, events = state.plays, state.skips, state.likes, state.events
+        recent_outcomes = (state.recent, state.outcomes)
+        session_id = state.session_id
+        start = state.session_start_ms
+
+    outcome = outcome_of(event)
+    item = item.astype(np.float32, copy=False)
+    taste = state.taste
+    if outcome == SKIPPED:
+        neg = (dyn.decay * neg + dyn.skip_weight * item).astype(np.float32)
+        pos = (dyn.decay * pos).astype(np.float32)
+        skips += 1
+    else:
+        weight = dyn.like_weight if outcome == LIKED else dyn.play_weight * _play_strength(event)  # type: ignore[arg-type]
+        pos = (dyn.decay * pos + weight * item).astype(np.float32)
+        neg = (dyn.decay * neg).astype(np.float32)
+        rate = dyn.taste_rate * (2.0 if outcome == LIKED else weight)
+        taste = ((1.0 - rate) * taste + rate * item).astype(np.float32)
+        if outcome == LIKED:
+            likes += 1
+        else:
+            plays += 1
+
+    recent = (recent_outcomes[0] + (track_index,))[-dyn.recent_max :]
+    outcomes = (recent_outcomes[1] + (outcome,))[-dyn.recent_max :]
+    seen = (state.seen_ids + (event.event_id,))[-dyn.dedup_max :]
+    return replace(
+        state,
+        pos=pos,
+        neg=neg,
+        taste=taste,
+        recent=recent,
+        outcomes=outcomes,
+        session_id=session_id,
+        session_start_ms=start,
+        last_ts_ms=max(state.last_ts_ms, event.ts_ms) if not new_session else event.ts_ms,
+        plays=plays,
+        skips=skips,
+        likes=likes,
+        events=events + 1,
+        last_outcome=outcome,
+        seen_ids=seen,
+        partition=partition if partition is not None else state.partition,
+        offset=offset if offset is not None else state.offset,
+        version=state.version + 1,
+    )
+
+
+CONTEXT_FEATURES: Final = (
+    "session_skip_rate",
+    "log_plays",
+    "log_skips",
+    "log_likes",
+    "log_position",
+    "hour_sin",
+    "hour_cos",
+    "last_was_skip",
+)
+
+
+def context_features(state: SessionState, now_ms: int | None = None) -> np.ndarray:
+    """The model's context input for one user: float32 [len(CONTEXT_FEATURES)] (signature v1)."""
+    heard = state.plays + state.skips
+    skip_rate = state.skips / heard if heard else 0.0
+    ts = now_ms if now_ms is not None else state.last_ts_ms
+    hour = (ts / 3_600_000.0) % 24.0
+    angle = 2.0 * math.pi * hour / 24.0
+    return np.array(
+        [
+            skip_rate,
+            math.log1p(state.plays) / 4.0,
+            math.log1p(state.skips) / 4.0,
+            math.log1p(state.likes) / 4.0,
+            math.log1p(state.events) / 4.0,
+            math.sin(angle),
+            math.cos(angle),
+            1.0 if state.last_outcome == SKIPPED else 0.0,
+        ],
+        dtype=np.float32,
+    )
+
+
+def query_vector(state: SessionState, neg_weight: float = 0.7, taste_weight: float = 0.3) -> np.ndarray:
+    """The retrieval query for one user: toward the session's positives and taste, away from its skips."""
+    q = _unit(state.pos) + taste_weight * _unit(state.taste) - neg_weight * _unit(state.neg)
+    return q.astype(np.float32)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v

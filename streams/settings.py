@@ -1,0 +1,113 @@
+"""Settings of the worker deployable, and the Kafka and Redis connection blocks it shares with the API.
+
+Nothing else in segue reads the environment. Every field can be set with an environment variable:
+``SEGUE_`` + the field name in capitals, and ``__`` to reach a nested block, for example
+``SEGUE_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or ``SEGUE_REDIS__URL=rediss://:pw@redis:6380/0``.
+docs/configuration.md lists them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_DIR = Path(".segue/models/default")
+
+
+class KafkaSettings(BaseModel):
+    """How to reach the Kafka-protocol broker."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    # Group timeouts: the defaults suit the embedded Tansu broker, whose group joins wait about half the
+    # session timeout. Raise them for Apache Kafka under heavy load.
+    session_timeout_s: float = 6.0
+    heartbeat_interval_s: float = 1.0
+
+    @property
+    def servers(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+    def kafka_python_kwargs(self) -> dict[str, object]:
+        """Connection keyword arguments for kafka-python clients."""
+        kw: dict[str, object] = {
+            "bootstrap_servers": self.servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        if self.ssl_cafile:
+            kw["ssl_cafile"] = str(self.ssl_cafile)
+        if self.ssl_certfile:
+            kw["ssl_certfile"] = str(self.ssl_certfile)
+        if self.ssl_keyfile:
+            kw["ssl_keyfile"] = str(self.ssl_keyfile)
+        return kw
+
+
+class RedisSettings(BaseModel):
+    """How to reach Redis. ``rediss://`` turns on TLS; a password goes in the URL or in ``password``."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    password: SecretStr | None = None
+    socket_timeout_s: float = 2.0
+    key_prefix: str = "segue"
+
+
+class TopicSettings(BaseModel):
+    """Topic names (dots only, per Kafka convention) and partition counts, created explicitly at start."""
+
+    events: str = "segue.events"
+    recommendations: str = "segue.recommendations"
+    dead_letters: str = "segue.events.dlq"
+    partitions: int = Field(8, ge=1)
+    replication_factor: int = Field(1, ge=1)
+
+
+class ScoringSettings(BaseModel):
+    """What rescoring does for each user, and within which budget."""
+
+    model_dir: Path = DEFAULT_MODEL_DIR
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    candidates: int = Field(200, ge=1)
+    recommendations: int = Field(20, ge=1)
+    budget_ms: float = Field(50.0, gt=0)
+    intra_op_threads: int = Field(1, ge=1)
+
+
+class SessionSettings(BaseModel):
+    """Session state: when a session ends and how fast the vectors move."""
+
+    gap_s: float = Field(1800.0, gt=0)
+    recent_tracks: int = Field(50, ge=1, le=500)
+    dedup_ids: int = Field(64, ge=1, le=1024)
+
+
+class WorkerSettings(BaseSettings):
+    """Everything the stream worker needs. Environment: ``SEGUE_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="SEGUE_", env_nested_delimiter="__", extra="ignore")
+
+    app_id: str = "segue-worker"
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    topics: TopicSettings = TopicSettings()
+    scoring: ScoringSettings = ScoringSettings()
+    session: SessionSettings = SessionSettings()
+    batch_max: int = Field(1000, ge=1)
+    batch_within_s: float = Field(0.01, gt=0)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9108, ge=0)
+    web_port: int = Field(6066, ge=0)
+    data_dir: Path = Path(".segue/worker")
