@@ -29,6 +29,10 @@ class ModelError(SegueError):
     """A model bundle is missing, unreadable or has a signature this code cannot serve."""
 
 
+class StateFormatError(SegueError):
+    """A stored session state or recommendation list could not be decoded (corrupt, or a newer format)."""
+
+
 class UnknownUser(SegueError):
     """No state is known for the requested user."""
 

@@ -111,3 +111,75 @@ def encode_event(event: Event) -> bytes:
 def event_type(event: Event) -> str:
     """The ``type`` tag of an event: ``play``, ``skip`` or ``like``."""
     return type(event).__struct_config__.tag  # type: ignore[return-value]
+
+
+# --- Output records --------------------------------------------------------------------------------
+
+RECOMMENDATIONS_VERSION: Final = 1
+DEAD_LETTER_VERSION: Final = 1
+
+
+class RecommendedTrack(msgspec.Struct, frozen=True):
+    """One ranked track: its id, the model's score and its 1-based rank."""
+
+    track_id: str
+    score: float
+    rank: int
+
+
+class Recommendations(msgspec.Struct, frozen=True, kw_only=True):
+    """Fresh recommendations for one user, as stored in Redis and published on the recommendations topic.
+
+    ``event_id`` is the last event applied before ranking and ``event_ms`` its broker timestamp, so a
+    consumer can tell which listener action these recommendations answer and how fresh they are.
+    ``fallback`` is true when the list came from the cheap ranking (no model score), e.g. for an
+    unknown user or when the model was over its budget.
+    """
+
+    v: int = RECOMMENDATIONS_VERSION
+    user_id: str
+    items: list[RecommendedTrack]
+    model_version: str
+    provider: str
+    session_id: str = ""
+    event_id: str = ""
+    event_ms: int = 0
+    generated_ms: int = 0
+    fallback: bool = False
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """An input message the worker could not apply, with why. ``value`` is the original payload as text
+    (undecodable bytes replaced), cut to ``DEAD_LETTER_VALUE_MAX`` characters; ``size`` is its full size."""
+
+    v: int = DEAD_LETTER_VERSION
+    reason: str
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: str
+    size: int
+    failed_ms: int
+
+
+DEAD_LETTER_VALUE_MAX: Final = 2048
+
+_recs_decoder = msgspec.json.Decoder(Recommendations)
+_dead_decoder = msgspec.json.Decoder(DeadLetter)
+
+
+def encode_record(record: Recommendations | DeadLetter) -> bytes:
+    """Encode an output record as JSON."""
+    return _encoder.encode(record)
+
+
+def decode_recommendations(raw: bytes) -> Recommendations:
+    """Decode a recommendations record (from Redis or the topic)."""
+    return _recs_decoder.decode(raw)
+
+
+def decode_dead_letter(raw: bytes) -> DeadLetter:
+    """Decode a dead-letter record."""
+    return _dead_decoder.decode(raw)

@@ -37,9 +37,9 @@ SKIP_PROXY_MS: Final = 30_000
 class Dynamics:
     """How strongly each kind of event moves the session and long-term vectors."""
 
-    decay: float = 0.8  # per event, for pos and neg
+    decay: float = 0.6  # per event, for pos and neg
     play_weight: float = 1.0
-    like_weight: float = 2.0
+    like_weight: float = 3.0
     skip_weight: float = 1.0
     taste_rate: float = 0.05  # per positive event, for the long-term vector
     gap_ms: int = 30 * 60 * 1000
@@ -79,9 +79,7 @@ class SessionState:
         return SessionState(pos=z, neg=z.copy(), taste=z.copy())
 
 
-def is_duplicate(
-    state: SessionState, event_id: str, partition: int | None = None, offset: int | None = None
-) -> bool:
+def is_duplicate(state: SessionState, event_id: str, partition: int | None = None, offset: int | None = None) -> bool:
     """True if this event was already applied: by its id, or by its Kafka position in the user's partition."""
     if offset is not None and partition == state.partition and 0 <= offset <= state.offset:
         return True

@@ -32,6 +32,9 @@ class KafkaSettings(BaseModel):
     # session timeout. Raise them for Apache Kafka under heavy load.
     session_timeout_s: float = 6.0
     heartbeat_interval_s: float = 1.0
+    # The longest a consumer fetch waits for new data. Short, because the embedded broker does not answer
+    # a waiting fetch early when data arrives.
+    fetch_max_wait_ms: int = Field(50, ge=1, le=5000)
 
     @property
     def servers(self) -> list[str]:
@@ -63,6 +66,8 @@ class RedisSettings(BaseModel):
     password: SecretStr | None = None
     socket_timeout_s: float = 2.0
     key_prefix: str = "segue"
+    state_ttl_s: int = Field(30 * 86_400, ge=1)
+    recommendations_ttl_s: int = Field(7 * 86_400, ge=1)
 
 
 class TopicSettings(BaseModel):

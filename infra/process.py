@@ -1,0 +1,125 @@
+"""A child service process (broker, Redis) with a log file, a bounded stop and no orphans left behind.
+
+Contract:
+
+* ``start()`` launches the program in its own session with stdout and stderr appended to ``log_path``.
+* ``stop()`` sends SIGTERM, waits up to ``stop_timeout_s``, then SIGKILLs; it is idempotent.
+* A started process is stopped at interpreter exit (``atexit``). On Linux the child also gets SIGTERM
+  when the *thread* that started it ends (``PR_SET_PDEATHSIG``), which covers a parent killed by a
+  signal or ended with ``os._exit`` (where ``atexit`` does not run). So start services from a
+  long-lived thread (the main thread, as pytest fixtures do), not from a short-lived worker thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import ctypes.util
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def read_tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a text file, or "" if it does not exist."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class ServiceProcess:
+    """One child process of a local service. Not thread-safe: start and stop it from one thread."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        stop_timeout_s: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.cwd = cwd
+        self.env = dict(env) if env is not None else None
+        self.stop_timeout_s = stop_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the process has been started and has not exited."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc is not None else None
+
+    def start(self) -> None:
+        """Launch the process (again, once it has exited). Raises ``OSError`` if it cannot be executed."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        atexit.register(self.stop)
+
+    def log_tail(self, lines: int = 20) -> str:
+        return read_tail(self.log_path, lines)
+
+    def stop(self) -> None:
+        """Terminate the process (SIGTERM, then SIGKILL after ``stop_timeout_s``) and reap it."""
+        proc = self._proc
+        if proc is None:
+            return
+        atexit.unregister(self.stop)
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            except ProcessLookupError:
+                pass
+        proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the process at once (for fault tests) and reap it."""
+        proc = self._proc
+        if proc is None:
+            return
+        atexit.unregister(self.stop)
+        if proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()

@@ -1,0 +1,149 @@
+"""Model bundle format v1: a directory with everything the worker and the API need to score.
+
+* ``manifest.json`` - {"format": "segue-model-bundle", "format_version": 1, "signature": 1,
+  "model_version", "dim", "context_features", "n_tracks", "created_utc", "training": {...}}
+* ``model.onnx``    - the session scorer, ONNX signature v1 (``models_onnx.signature``)
+* ``items.npy``     - float32 [n_tracks, dim], L2-normalised item embeddings, row i = track i
+* ``tracks.json``   - list in index order of {"track_id", "artist_id", "genre", "popularity", "features"}
+
+``write_bundle`` writes into a fresh sibling directory and renames it into place, so readers never see a
+half-written bundle. Every reader raises ``ModelError`` with a message that says how to fix the problem.
+Torch-free: serving imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from models_onnx.signature import SIGNATURE
+from streams.errors import ModelError
+from streams.session import CONTEXT_FEATURES
+
+FORMAT: Final = "segue-model-bundle"
+FORMAT_VERSION: Final = 1
+MANIFEST: Final = "manifest.json"
+MODEL: Final = "model.onnx"
+ITEMS: Final = "items.npy"
+TRACKS: Final = "tracks.json"
+_REQUIRED: Final = ("model_version", "dim", "context_features", "n_tracks")
+
+
+def train_hint(path: Path | str) -> str:
+    return f"run `python -m models_onnx.train --out {path}`"
+
+
+def write_bundle(
+    out_dir: Path | str,
+    model_onnx: bytes,
+    items: np.ndarray,
+    tracks: Sequence[Mapping[str, Any]],
+    model_version: str,
+    training: Mapping[str, Any],
+) -> Path:
+    """Write a v1 bundle to ``out_dir``, replacing an existing bundle there; return the directory.
+
+    ``items`` float32 [N, D] must be L2-normalised and ``tracks`` have N entries. Refuses (ModelError) to
+    replace a non-empty directory that is not a bundle.
+    """
+    out = Path(out_dir)
+    items = np.ascontiguousarray(items, dtype=np.float32)
+    if items.ndim != 2 or items.shape[0] != len(tracks):
+        raise ModelError(f"items {items.shape} do not match {len(tracks)} tracks")
+    if not np.allclose(np.linalg.norm(items, axis=1), 1.0, atol=1e-3):
+        raise ModelError("item embeddings must be L2-normalised")
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise ModelError(f"{out} exists and is not a model bundle; choose another --out")
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "signature": SIGNATURE,
+        "model_version": model_version,
+        "dim": int(items.shape[1]),
+        "context_features": list(CONTEXT_FEATURES),
+        "n_tracks": int(items.shape[0]),
+        "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "training": dict(training),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp.chmod(0o755)
+        (tmp / MODEL).write_bytes(model_onnx)
+        np.save(tmp / ITEMS, items)
+        (tmp / TRACKS).write_text(json.dumps(list(tracks), separators=(",", ":")) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"could not write the model bundle to {out}: {exc}") from exc
+    return out
+
+
+def read_manifest(bundle_dir: Path | str) -> dict[str, Any]:
+    """The validated manifest of the bundle at ``bundle_dir``; ModelError if absent or not servable v1."""
+    path = Path(bundle_dir)
+    if not (path / MANIFEST).is_file():
+        raise ModelError(f"no model bundle at {path}: {train_hint(path)}")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"unreadable manifest in {path}: {exc}; {train_hint(path)}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ModelError(f"{path / MANIFEST} is not a segue model bundle manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ModelError(
+            f"model bundle {path} has format_version {manifest.get('format_version')!r}; this code reads "
+            f"{FORMAT_VERSION}: {train_hint(path)}"
+        )
+    if manifest.get("signature") != SIGNATURE:
+        raise ModelError(
+            f"model bundle {path} has signature {manifest.get('signature')!r}; this code serves {SIGNATURE}"
+        )
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise ModelError(f"manifest of {path} lacks {', '.join(missing)}")
+    if list(manifest["context_features"]) != list(CONTEXT_FEATURES):
+        raise ModelError(f"model bundle {path} expects context features {manifest['context_features']}")
+    return manifest
+
+
+def read_items(bundle_dir: Path | str, manifest: Mapping[str, Any]) -> np.ndarray:
+    """``items.npy`` as float32 [n_tracks, dim], checked against the manifest."""
+    path = Path(bundle_dir) / ITEMS
+    try:
+        items = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"unreadable item embeddings {path}: {exc}") from exc
+    expected = (manifest["n_tracks"], manifest["dim"])
+    if items.dtype != np.float32 or items.shape != expected:
+        raise ModelError(f"{path} is {items.dtype} {items.shape}, the manifest says float32 {expected}")
+    return items
+
+
+def read_tracks(bundle_dir: Path | str, manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``tracks.json`` as a list of dicts in index order, checked against the manifest."""
+    path = Path(bundle_dir) / TRACKS
+    try:
+        tracks = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"unreadable track list {path}: {exc}") from exc
+    if not isinstance(tracks, list) or len(tracks) != manifest["n_tracks"]:
+        raise ModelError(f"{path} does not list the manifest's {manifest['n_tracks']} tracks")
+    if not all(isinstance(t, dict) and isinstance(t.get("track_id"), str) for t in tracks):
+        raise ModelError(f"{path}: every entry needs a string track_id")
+    return tracks

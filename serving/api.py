@@ -1,0 +1,144 @@
+"""The read and ingest HTTP API.
+
+* ``GET  /v1/users/{user_id}/recommendations`` latest recommendations from the store; rescored on demand when
+  the user has state but no cached list; the popularity fallback for a user never seen.
+* ``POST /v1/events`` one event or a JSON array of events, validated and sent to the events topic.
+* ``GET  /healthz`` store reachability, model version and execution provider.
+* ``GET  /metrics`` Prometheus exposition.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import msgspec
+from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serving.catalog import Catalog
+from serving.rescore import Rescorer, popularity_ranking, to_record
+from serving.settings import ApiSettings
+from streams.errors import InvalidEvent, StoreUnavailable
+from streams.metrics import Metrics
+from streams.pipeline import now_ms
+from streams.records import MALFORMED_JSON, Recommendations, encode_record
+from streams.sdk import EventProducer
+from streams.stores import Store
+
+
+@dataclass(frozen=True)
+class ApiDeps:
+    """The API's collaborators; ``producer`` is ``None`` when ingest is off."""
+
+    settings: ApiSettings
+    store: Store
+    catalog: Catalog
+    rescorer: Rescorer
+    metrics: Metrics
+    provider: str
+    producer: EventProducer | None = None
+
+
+def _json(raw: bytes, status: int = 200) -> Response:
+    return Response(content=raw, status_code=status, media_type="application/json")
+
+
+def create_api(deps: ApiDeps) -> FastAPI:
+    """Build the FastAPI application around ``deps``."""
+    api = FastAPI(title="segue", version="1", description=__doc__)
+    metrics = deps.metrics
+    token = deps.settings.auth_token.get_secret_value() if deps.settings.auth_token else None
+
+    @api.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        route = request.scope.get("route")
+        started = time.perf_counter()
+        if token is not None and request.url.path != "/healthz":
+            if request.headers.get("authorization") != f"Bearer {token}":
+                return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)
+        length = request.headers.get("content-length")
+        if length is not None and int(length) > deps.settings.max_body_bytes:
+            return JSONResponse({"detail": f"request body over {deps.settings.max_body_bytes} bytes"}, status_code=413)
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.api_requests.labels(path, str(response.status_code)).inc()
+        metrics.api_seconds.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    @api.get("/v1/users/{user_id}/recommendations")
+    async def recommendations(user_id: str, limit: int = Query(20, ge=1, le=500)) -> Response:
+        try:
+            recs = await deps.store.get_recommendations(user_id)
+            if recs is None:
+                recs = await _on_demand(deps, user_id)
+        except StoreUnavailable as exc:
+            raise HTTPException(status_code=503, detail=f"state store unavailable: {exc}") from exc
+        if len(recs.items) > limit:
+            recs = msgspec.structs.replace(recs, items=recs.items[:limit])
+        return _json(encode_record(recs))
+
+    @api.post("/v1/events", status_code=202)
+    async def ingest(request: Request) -> Response:
+        if deps.producer is None:
+            raise HTTPException(status_code=404, detail="ingest is disabled on this API (SEGUE_API_INGEST=false)")
+        body = await request.body()
+        try:
+            payload = msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            return JSONResponse(
+                {"accepted": 0, "errors": [{"index": 0, "reason": MALFORMED_JSON, "detail": str(exc)}]},
+                status_code=400,
+            )
+        events = payload if isinstance(payload, list) else [payload]
+        if len(events) > deps.settings.max_batch_events:
+            raise HTTPException(status_code=413, detail=f"at most {deps.settings.max_batch_events} events a request")
+        errors = []
+        for i, event in enumerate(events):
+            try:
+                deps.producer.send(event if isinstance(event, dict) else msgspec.json.encode(event))
+            except InvalidEvent as exc:
+                errors.append({"index": i, "reason": exc.reason, "detail": exc.detail})
+        status = 202 if not errors else (400 if len(errors) == len(events) else 207)
+        return JSONResponse({"accepted": len(events) - len(errors), "errors": errors}, status_code=status)
+
+    @api.get("/healthz")
+    async def healthz() -> JSONResponse:
+        ok = await deps.store.ping()
+        body = {
+            "status": "ok" if ok else "degraded",
+            "store": ok,
+            "model_version": deps.catalog.model_version,
+            "provider": deps.provider,
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @api.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return api
+
+
+async def _on_demand(deps: ApiDeps, user_id: str) -> Recommendations:
+    (state,) = await deps.store.get_states([user_id])
+    if state is None:
+        ranking = popularity_ranking(deps.catalog.popularity, deps.rescorer.n_recs)
+    else:
+        (ranking,) = deps.rescorer.rank([state], [now_ms()])
+    deps.metrics.recommendations.labels("fallback" if ranking.fallback else "model").inc()
+    recs = to_record(
+        user_id,
+        ranking,
+        deps.catalog.track_ids,
+        deps.catalog.model_version,
+        deps.provider,
+        generated_ms=now_ms(),
+        session_id=state.session_id if state is not None else "",
+    )
+    if state is not None:
+        await deps.store.put_recommendations([recs])
+    return recs

@@ -1,0 +1,84 @@
+"""The Faust agent: micro-batches from the events topic through ``Processor``, results to Kafka.
+
+Bad events never stop the agent (they become dead letters inside ``Processor``). A store outage is retried
+with the configured exponential backoff, the batch held until Redis answers, so no event is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import faust
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from streams.errors import RetryableError
+from streams.metrics import Metrics
+from streams.pipeline import BatchOutcome, Incoming, Processor
+from streams.records import encode_record
+from streams.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentDeps:
+    """What the agent needs besides the app."""
+
+    processor: Processor
+    metrics: Metrics
+    settings: WorkerSettings
+    clock_s: Callable[[], float] = time.time
+
+
+def to_incoming(event: faust.types.EventT) -> Incoming:
+    """The broker message behind a Faust event, as the pipeline's ``Incoming``."""
+    m = event.message
+    return Incoming(
+        value=m.value,
+        key=m.key,
+        topic=m.topic,
+        partition=m.partition,
+        offset=m.offset,
+        timestamp_ms=int(m.timestamp * 1000),
+    )
+
+
+def register_agents(app: faust.App, deps: AgentDeps) -> faust.types.AgentT:
+    """Declare the topics and the event-processing agent on ``app``; return the agent."""
+    topics = deps.settings.topics
+    events = app.topic(topics.events, key_type=bytes, value_type=bytes, partitions=topics.partitions)
+    recommendations = app.topic(topics.recommendations, key_type=bytes, value_type=bytes)
+    dead_letters = app.topic(topics.dead_letters, key_type=bytes, value_type=bytes)
+    retry = Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), retries=-1, supported_errors=(RetryableError,))
+    budget_s = deps.settings.scoring.budget_ms / 1000.0
+    deps.metrics.budget.set(budget_s)
+
+    async def publish(out: BatchOutcome) -> None:
+        for dl in out.dead_letters:
+            key = dl.key.encode() if dl.key is not None else None
+            await dead_letters.send(key=key, value=encode_record(dl))
+        for rec in out.recommendations:
+            await recommendations.send(key=rec.user_id.encode(), value=encode_record(rec))
+        done = deps.clock_s()
+        for ts_ms in out.applied_ms:
+            latency = max(0.0, done - ts_ms / 1000.0)
+            deps.metrics.event_to_recs.observe(latency)
+            if latency > budget_s:
+                deps.metrics.budget_misses.inc()
+
+    async def on_store_error(exc: Exception) -> None:
+        log.warning("state store unavailable, holding the batch and retrying: %s", exc)
+
+    @app.agent(events, name="segue.process-events")
+    async def process_events(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(deps.settings.batch_max, within=deps.settings.batch_within_s):
+            incoming = [to_incoming(e) for e in batch]
+            out = await retry.call_with_retry(partial(deps.processor.process, incoming), on_store_error)
+            await publish(out)
+
+    return process_events

@@ -1,0 +1,119 @@
+"""The worker deployable: ``python -m streams.worker`` (or ``segue-worker``).
+
+Reads ``WorkerSettings`` from the environment, creates the topics, loads the model bundle, connects to
+Redis, serves ``/metrics`` and runs the Faust agent until stopped (SIGINT/SIGTERM).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import faust
+from prometheus_client import CollectorRegistry, start_http_server
+
+from serving.catalog import Catalog
+from serving.rescore import Rescorer
+from serving.retrieval import ExactRetriever
+from serving.scorer import OnnxScorer
+from streams.agents import AgentDeps, register_agents
+from streams.app import create_app
+from streams.errors import SegueError
+from streams.metrics import Metrics
+from streams.pipeline import Processor
+from streams.session import Dynamics
+from streams.settings import WorkerSettings
+from streams.stores import RedisStore
+from streams.topics import ensure_topics
+
+log = logging.getLogger("segue.worker")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The worker's collaborators, built once from settings."""
+
+    settings: WorkerSettings
+    metrics: Metrics
+    catalog: Catalog
+    scorer: OnnxScorer
+    processor: Processor
+
+
+def dynamics_from(settings: WorkerSettings) -> Dynamics:
+    """Session dynamics from settings."""
+    s = settings.session
+    return Dynamics(gap_ms=int(s.gap_s * 1000), recent_max=s.recent_tracks, dedup_max=s.dedup_ids)
+
+
+def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None = None) -> Runtime:
+    """Load the model bundle and connect the store; raise a ``SegueError`` that says what to fix."""
+    metrics = Metrics.create(registry)
+    catalog = Catalog.load(settings.scoring.model_dir)
+    scorer = OnnxScorer.load(
+        settings.scoring.model_dir,
+        device=settings.scoring.device,
+        intra_op_threads=settings.scoring.intra_op_threads,
+    )
+    metrics.model_info.labels(scorer.model_version, scorer.provider).set(1)
+    rescorer = Rescorer(
+        catalog.embeddings,
+        ExactRetriever(catalog.embeddings),
+        scorer,
+        n_candidates=settings.scoring.candidates,
+        n_recs=settings.scoring.recommendations,
+    )
+    store = RedisStore.connect(settings.redis, metrics)
+    processor = Processor(catalog, rescorer, store, metrics, scorer.provider, dynamics_from(settings))
+    return Runtime(settings, metrics, catalog, scorer, processor)
+
+
+def build_app(runtime: Runtime) -> faust.App:
+    """The Faust app with the agent registered and partition assignment exported as a metric."""
+    app = create_app(runtime.settings)
+    register_agents(app, AgentDeps(runtime.processor, runtime.metrics, runtime.settings))
+    events_topic = runtime.settings.topics.events
+    gauge = runtime.metrics.assigned_partitions
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender: object, assigned: set, **kwargs: object) -> None:  # noqa: ARG001
+        gauge.set(sum(1 for tp in assigned if tp.topic == events_topic))
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender: object, revoked: set, **kwargs: object) -> None:  # noqa: ARG001
+        gauge.set(0)
+
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the worker until interrupted."""
+    settings = WorkerSettings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        ensure_topics(settings.kafka, settings.topics)
+        runtime = build_runtime(settings)
+    except SegueError as exc:
+        log.error("%s", exc)
+        return 2
+    server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=runtime.metrics.registry)
+    log.info(
+        "worker up: model %s on %s, metrics on http://%s:%d/metrics",
+        runtime.scorer.model_version,
+        runtime.scorer.provider,
+        settings.metrics_host,
+        server.server_port,
+    )
+    app = build_app(runtime)
+    worker = faust.Worker(app, loglevel="INFO", quiet=True, override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

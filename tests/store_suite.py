@@ -1,0 +1,44 @@
+"""The one test suite every ``Store`` implementation must pass (used by unit and integration tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streams.records import Play, Recommendations, RecommendedTrack
+from streams.session import SessionState, apply_event
+from streams.state_codec import encode_state
+from streams.stores import Store
+
+
+def _state(i: int) -> SessionState:
+    e = Play(event_id=f"e{i}", user_id=f"u{i}", track_id="t", ts_ms=1_700_000_000_000 + i, played_ms=100_000)
+    return apply_event(SessionState.empty(8), e, i, np.full(8, i, np.float32))
+
+
+async def check_store(store: Store, users: list[str]) -> None:
+    assert await store.ping()
+    assert await store.get_states(users) == [None] * len(users)
+    states = {u: _state(i) for i, u in enumerate(users)}
+    await store.put_states(states)
+    got = await store.get_states(list(reversed(users)))
+    assert [encode_state(s) for s in got] == [encode_state(states[u]) for u in reversed(users)]
+    assert await store.get_states([]) == []
+
+    assert await store.get_recommendations(users[0]) is None
+    recs = Recommendations(
+        user_id=users[0],
+        items=[RecommendedTrack("t1", 1.5, 1)],
+        model_version="m",
+        provider="CPUExecutionProvider",
+    )
+    await store.put_recommendations([recs])
+    assert await store.get_recommendations(users[0]) == recs
+
+    newer = _state(99)
+    await store.put_states({users[1]: newer})
+    assert encode_state((await store.get_states([users[1]]))[0]) == encode_state(newer)
+
+    assert await store.forget_user(users[0]) is True
+    assert await store.get_states([users[0]]) == [None]
+    assert await store.get_recommendations(users[0]) is None
+    assert await store.forget_user(users[0]) is False

@@ -1,0 +1,85 @@
+import json
+
+import msgspec
+import pytest
+
+from streams.errors import InvalidEvent
+from streams.records import (
+    MAX_EVENT_BYTES,
+    Like,
+    Play,
+    Recommendations,
+    RecommendedTrack,
+    Skip,
+    decode_event,
+    decode_recommendations,
+    encode_event,
+    encode_record,
+    event_type,
+)
+
+BASE = {"event_id": "e-1", "user_id": "u-1", "track_id": "trk-1", "ts_ms": 1_700_000_000_000}
+
+
+def raw(**fields):
+    return json.dumps({**BASE, **fields}).encode()
+
+
+def test_each_type_decodes_to_its_record():
+    assert isinstance(decode_event(raw(type="play", played_ms=180_000)), Play)
+    assert isinstance(decode_event(raw(type="skip", played_ms=4_000, position_ms=4_000)), Skip)
+    like = decode_event(raw(type="like", context={"device": "mobile", "source": "radio"}))
+    assert isinstance(like, Like) and like.context.device == "mobile" and event_type(like) == "like"
+
+
+def test_round_trip_is_lossless():
+    e = decode_event(raw(type="skip", played_ms=1, session_id="s-9", duration_ms=200_000))
+    assert decode_event(encode_event(e)) == e
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility():
+    assert decode_event(raw(type="like", added_in_v2="x")).event_id == "e-1"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"{not json", "malformed_json"),
+        (b"", "malformed_json"),
+        (raw(type="pause"), "unknown_type"),
+        (
+            json.dumps({k: v for k, v in BASE.items() if k != "user_id"} | {"type": "like"}).encode(),
+            "missing_field",
+        ),
+        (raw(type="play"), "missing_field"),
+        (raw(type="play", played_ms=-5), "invalid_field"),
+        (raw(type="like", user_id=""), "invalid_field"),
+        (raw(type="like", ts_ms=10), "invalid_field"),
+        (raw(type="like", user_id=123), "invalid_field"),
+        (raw(type="like", track_id="x" * 10_000), "oversized"),
+        (b"[1, 2]", "invalid_field"),
+    ],
+)
+def test_bad_input_gets_a_reason(payload, reason):
+    with pytest.raises(InvalidEvent) as info:
+        decode_event(payload)
+    assert info.value.reason == reason
+    assert info.value.detail
+
+
+def test_size_limit_is_exact():
+    filler = "x" * 100
+    ok = raw(type="like", session_id=filler)
+    assert len(ok) < MAX_EVENT_BYTES
+    decode_event(ok)
+
+
+def test_recommendations_round_trip():
+    r = Recommendations(
+        user_id="u",
+        items=[RecommendedTrack("t", 0.5, 1)],
+        model_version="m1",
+        provider="CPUExecutionProvider",
+    )
+    assert decode_recommendations(encode_record(r)) == r
+    assert msgspec.json.decode(encode_record(r))["v"] == 1

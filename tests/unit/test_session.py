@@ -1,0 +1,99 @@
+import numpy as np
+
+from streams.records import Like, Play, Skip
+from streams.session import (
+    LIKED,
+    SKIPPED,
+    Dynamics,
+    SessionState,
+    apply_event,
+    context_features,
+    is_duplicate,
+    query_vector,
+)
+from streams.state_codec import decode_state, encode_state
+
+T0 = 1_700_000_000_000
+DIM = 4
+ITEMS = np.eye(DIM, dtype=np.float32)
+
+
+def play(i, ts=T0, eid=None, played=180_000):
+    return Play(event_id=eid or f"p{i}-{ts}", user_id="u", track_id=f"t{i}", ts_ms=ts, played_ms=played)
+
+
+def skip(i, ts=T0, eid=None):
+    return Skip(event_id=eid or f"s{i}-{ts}", user_id="u", track_id=f"t{i}", ts_ms=ts, played_ms=3_000)
+
+
+def like(i, ts=T0, eid=None):
+    return Like(event_id=eid or f"l{i}-{ts}", user_id="u", track_id=f"t{i}", ts_ms=ts)
+
+
+def run(events, state=None, **kw):
+    s = state or SessionState.empty(DIM)
+    for e in events:
+        i = int(e.track_id[1:])
+        s = apply_event(s, e, i, ITEMS[i], **kw)
+    return s
+
+
+def test_play_moves_pos_and_taste_skip_moves_neg():
+    s = run([play(0), skip(1, T0 + 1000)])
+    assert s.pos[0] > 0 and s.neg[1] > 0 and s.neg[0] == 0
+    assert s.taste[0] > 0 and s.taste[1] == 0
+    assert s.recent == (0, 1) and s.outcomes[-1] == SKIPPED
+    assert (s.plays, s.skips, s.likes, s.events) == (1, 1, 0, 2)
+
+
+def test_like_weighs_more_than_play():
+    assert run([like(2)]).pos[2] > run([play(2)]).pos[2]
+    assert run([like(2)]).outcomes == (LIKED,)
+
+
+def test_same_event_twice_is_applied_once():
+    events = [play(0), skip(1, T0 + 1), like(2, T0 + 2)]
+    once = run(events)
+    twice = run(events + events)
+    assert encode_state(once) == encode_state(twice)
+
+
+def test_redelivery_by_offset_is_ignored_even_with_new_ids():
+    s = apply_event(SessionState.empty(DIM), play(0), 0, ITEMS[0], partition=3, offset=10)
+    assert is_duplicate(s, "other-id", partition=3, offset=10)
+    assert not is_duplicate(s, "other-id", partition=3, offset=11)
+    assert not is_duplicate(s, "other-id", partition=2, offset=5)
+
+
+def test_gap_starts_a_new_session_but_keeps_taste():
+    s = run([play(0), skip(1, T0 + 1000)])
+    later = run([play(2, T0 + 2 * 3_600_000)], state=s)
+    assert later.events == 1 and later.skips == 0 and later.recent == (2,)
+    assert later.neg.sum() == 0 and later.taste[0] > 0
+    assert later.session_start_ms == T0 + 2 * 3_600_000
+
+
+def test_gap_is_configurable():
+    s = run([play(0), play(1, T0 + 61_000)], dyn=Dynamics(gap_ms=60_000))
+    assert s.events == 1
+
+
+def test_query_points_away_from_skips():
+    s = run([play(0), skip(1, T0 + 1)])
+    q = query_vector(s)
+    assert q @ ITEMS[0] > 0 > q @ ITEMS[1]
+
+
+def test_context_features_shape_and_values():
+    s = run([play(0), skip(1, T0 + 1)])
+    c = context_features(s)
+    assert c.shape == (8,) and c.dtype == np.float32
+    assert c[0] == 0.5 and c[7] == 1.0
+
+
+def test_state_codec_round_trip():
+    s = run([play(0), skip(1, T0 + 1), like(2, T0 + 2)])
+    back = decode_state(encode_state(s))
+    assert encode_state(back) == encode_state(s)
+    np.testing.assert_array_equal(back.pos, s.pos)
+    assert back.seen_ids == s.seen_ids and back.recent == s.recent

@@ -1,0 +1,10 @@
+import asyncio
+
+from streams.stores import MemoryStore, Store
+from tests.store_suite import check_store
+
+
+def test_memory_store_passes_the_store_suite():
+    store = MemoryStore()
+    assert isinstance(store, Store)
+    asyncio.run(check_store(store, ["alice", "bob", "carol"]))
