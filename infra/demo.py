@@ -81,7 +81,7 @@ def wait_fresh(api: str, user: str, event_id: str, timeout_s: float = 3.0) -> tu
         recs = get_json(f"{api}/v1/users/{user}/recommendations?limit=5")
         if recs and recs.get("event_id") == event_id:
             return recs, time.perf_counter() - start
-        time.sleep(0.002)
+        time.sleep(0.005)
     return None, time.perf_counter() - start
 
 

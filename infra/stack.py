@@ -39,7 +39,7 @@ class EmbeddedStack:
     ) -> None:
         """A temp ``run_dir`` made here is deleted by ``stop()``; a given one is kept (logs stay)."""
         self._own_run_dir = run_dir is None
-        self.run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="segue-stack-"))
+        self.run_dir = Path(run_dir).resolve() if run_dir is not None else Path(tempfile.mkdtemp(prefix="segue-stack-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.broker = TansuBroker(self.run_dir, startup_timeout_s=startup_timeout_s)
         self.redis_server = RedisServer(

@@ -34,7 +34,7 @@ class KafkaSettings(BaseModel):
     heartbeat_interval_s: float = 1.0
     # The longest a consumer fetch waits for new data. Short, because the embedded broker does not answer
     # a waiting fetch early when data arrives.
-    fetch_max_wait_ms: int = Field(50, ge=1, le=5000)
+    fetch_max_wait_ms: int = Field(10, ge=1, le=5000)
 
     @property
     def servers(self) -> list[str]:
@@ -111,7 +111,7 @@ class WorkerSettings(BaseSettings):
     scoring: ScoringSettings = ScoringSettings()
     session: SessionSettings = SessionSettings()
     batch_max: int = Field(1000, ge=1)
-    batch_within_s: float = Field(0.01, gt=0)
+    batch_within_s: float = Field(0.003, gt=0)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9108, ge=0)
     web_port: int = Field(6066, ge=0)

@@ -33,7 +33,7 @@ class _ShortFetchTransport(faust_aiokafka.Transport):
 class SegueApp(faust.App):
     """``faust.App`` with the short-fetch transport; ``fetch_max_wait_ms`` is the consumer's fetch wait."""
 
-    def __init__(self, *args: Any, fetch_max_wait_ms: int = 50, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fetch_max_wait_ms: int = 10, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.conf.segue_fetch_max_wait_ms = fetch_max_wait_ms
 
