@@ -39,6 +39,7 @@ class EventProducer:
         bootstrap_servers: str | KafkaSettings,
         topic: str = TopicSettings().events,
         linger_ms: int = 5,
+        connect_timeout_s: float = 10.0,
         **producer_options: Any,
     ) -> EventProducer:
         """Connect to the broker; raise ``BrokerUnavailable`` with the address if it cannot be reached."""
@@ -49,7 +50,12 @@ class EventProducer:
         )
         try:
             producer = KafkaProducer(
-                **kafka.kafka_python_kwargs(), linger_ms=linger_ms, acks=1, retries=5, **producer_options
+                **kafka.kafka_python_kwargs(),
+                linger_ms=linger_ms,
+                acks=1,
+                retries=5,
+                bootstrap_timeout_ms=int(connect_timeout_s * 1000),
+                **producer_options,
             )
         except KafkaError as exc:
             raise BrokerUnavailable(
