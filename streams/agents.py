@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import faust
+from faust.types import TP
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
@@ -74,11 +75,22 @@ def register_agents(app: faust.App, deps: AgentDeps) -> faust.types.AgentT:
     async def on_store_error(exc: Exception) -> None:
         log.warning("state store unavailable, holding the batch and retrying: %s", exc)
 
+    def record_lag(incoming: list[Incoming]) -> None:
+        # The high watermark from fetch responses is right on every broker (end_offsets is not on Tansu).
+        last: dict[int, int] = {}
+        for msg in incoming:
+            last[msg.partition] = max(msg.offset, last.get(msg.partition, -1))
+        for partition, offset in last.items():
+            highwater = app.consumer.highwater(TP(topics.events, partition))
+            if highwater is not None:
+                deps.metrics.consumer_lag.labels(str(partition)).set(max(0, highwater - offset - 1))
+
     @app.agent(events, name="segue.process-events")
     async def process_events(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(deps.settings.batch_max, within=deps.settings.batch_within_s):
             incoming = [to_incoming(e) for e in batch]
             out = await retry.call_with_retry(partial(deps.processor.process, incoming), on_store_error)
             await publish(out)
+            record_lag(incoming)
 
     return process_events

@@ -42,6 +42,7 @@ class Metrics:
     api_requests: Counter
     api_seconds: Histogram
     assigned_partitions: Gauge
+    consumer_lag: Gauge
 
     @staticmethod
     def create(registry: CollectorRegistry | None = None) -> Metrics:
@@ -121,6 +122,12 @@ class Metrics:
             assigned_partitions=Gauge(
                 "segue_assigned_partitions",
                 "Input partitions this worker owns (0 until the group assigns).",
+                registry=reg,
+            ),
+            consumer_lag=Gauge(
+                "segue_consumer_lag_events",
+                "Events not yet processed, per input partition (high watermark minus next offset).",
+                ["partition"],
                 registry=reg,
             ),
         )

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from infra.prom_text import total
+from infra.prom_text import samples, total
 from models_onnx.bundle import read_manifest
 from models_onnx.generate import world_from_manifest
 from serving.catalog import Catalog
@@ -109,5 +109,7 @@ def test_recommendations_follow_each_users_latest_events(
         assert total(text, "segue_event_to_recommendations_seconds_count") == applied
         assert total(text, "segue_rescore_seconds_count") >= 1
         assert total(text, "segue_dead_letters_total") == 0
+        lags = samples(text, "segue_consumer_lag_events")
+        assert lags and all(v == 0 for _, v in lags), lags
     finally:
         worker.stop()

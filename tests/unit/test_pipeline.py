@@ -1,0 +1,92 @@
+"""The worker's batch step on plain data: a MemoryStore, the quick model, no network."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from serving.catalog import Catalog
+from serving.rescore import Rescorer
+from serving.retrieval import ExactRetriever
+from serving.scorer import OnnxScorer
+from streams.metrics import Metrics
+from streams.pipeline import Incoming, Processor
+from streams.state_codec import encode_state
+from streams.stores import MemoryStore
+
+
+def make(bundle):
+    catalog = Catalog.load(bundle)
+    scorer = OnnxScorer.load(bundle, device="cpu")
+    rescorer = Rescorer(catalog.embeddings, ExactRetriever(catalog.embeddings), scorer, 100, 10)
+    metrics = Metrics.create(CollectorRegistry())
+    store = MemoryStore()
+    return Processor(catalog, rescorer, store, metrics, scorer.provider, clock=lambda: 42), store, metrics
+
+
+def messages(world, n_users=15, per_user=8, seed=0):
+    rng = np.random.default_rng(seed)
+    events = world.simulate_sessions(n_users, 1, per_user, rng)
+    events.sort(key=lambda e: e["ts_ms"])
+    return [
+        Incoming(msgspec.json.encode(e), e["user_id"].encode(), "events", hash(e["user_id"]) % 4, i, e["ts_ms"])
+        for i, e in enumerate(events)
+    ]
+
+
+def test_batched_equals_one_at_a_time(quick_bundle, world):
+    msgs = messages(world)
+    batched, store_b, _ = make(quick_bundle)
+    naive, store_n, _ = make(quick_bundle)
+    out = asyncio.run(batched.process(msgs))
+    for m in msgs:
+        asyncio.run(naive.process([m]))
+    users = sorted({m.key.decode() for m in msgs})
+    got_b = asyncio.run(store_b.get_states(users))
+    got_n = asyncio.run(store_n.get_states(users))
+    assert [encode_state(s) for s in got_b] == [encode_state(s) for s in got_n]
+    assert {r.user_id for r in out.recommendations} == set(users)
+    for u in users:
+        b = asyncio.run(store_b.get_recommendations(u))
+        n = asyncio.run(store_n.get_recommendations(u))
+        assert [i.track_id for i in b.items] == [i.track_id for i in n.items]
+        assert b.event_id == n.event_id and b.generated_ms == 42
+
+
+def test_bad_input_is_dead_lettered_and_counted(quick_bundle, world):
+    proc, store, metrics = make(quick_bundle)
+    good = messages(world, n_users=2, per_user=3)
+    bad = [
+        Incoming(b"{oops", b"u", "events", 0, 100, 1),
+        Incoming(None, None, "events", 0, 101, 1),
+        Incoming(
+            b'{"type":"like","event_id":"e","user_id":"u","track_id":"nope","ts_ms":1763900000000}',
+            b"u",
+            "events",
+            0,
+            102,
+            1,
+        ),
+    ]
+    out = asyncio.run(proc.process(good[:3] + bad + good[3:]))
+    assert [d.reason for d in out.dead_letters] == ["malformed_json", "malformed_json", "unknown_track"]
+    assert out.dead_letters[0].value == "{oops" and out.dead_letters[0].offset == 100
+    assert len(out.applied_ms) == len(good)
+    get = metrics.registry.get_sample_value
+    assert get("segue_dead_letters_total", {"reason": "unknown_track"}) == 1
+    assert get("segue_events_total", {"type": "like", "outcome": "dead_letter"}) == 1
+    assert get("segue_events_total", {"type": "invalid", "outcome": "dead_letter"}) == 2
+
+
+def test_redelivered_batch_changes_nothing(quick_bundle, world):
+    proc, store, metrics = make(quick_bundle)
+    msgs = messages(world, n_users=5, per_user=4)
+    asyncio.run(proc.process(msgs))
+    users = sorted({m.key.decode() for m in msgs})
+    before = [encode_state(s) for s in asyncio.run(store.get_states(users))]
+    out = asyncio.run(proc.process(msgs))
+    assert out.duplicates == len(msgs) and not out.recommendations and not out.applied_ms
+    assert [encode_state(s) for s in asyncio.run(store.get_states(users))] == before
