@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 LATENCY_BUCKETS: Final = (
     0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
@@ -46,7 +46,13 @@ class Metrics:
 
     @staticmethod
     def create(registry: CollectorRegistry | None = None) -> Metrics:
-        reg = registry if registry is not None else CollectorRegistry()
+        if registry is None:
+            # A fresh registry for this process, with the standard process_* and python_info metrics.
+            reg = CollectorRegistry()
+            ProcessCollector(registry=reg)
+            PlatformCollector(registry=reg)
+        else:
+            reg = registry
         return Metrics(
             registry=reg,
             events=Counter(
