@@ -70,7 +70,7 @@ def register_agents(app: faust.App, deps: AgentDeps) -> faust.types.AgentT:
             latency = max(0.0, done - ts_ms / 1000.0)
             deps.metrics.event_to_recs.observe(latency)
             if latency > budget_s:
-                deps.metrics.budget_misses.inc()
+                deps.metrics.budget_misses.labels("end_to_end").inc()
 
     async def on_store_error(exc: Exception) -> None:
         log.warning("state store unavailable, holding the batch and retrying: %s", exc)

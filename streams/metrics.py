@@ -88,7 +88,9 @@ class Metrics:
             ),
             budget_misses=Counter(
                 "segue_budget_misses",
-                "Fresh recommendations published later than the latency budget.",
+                "Budget misses by stage: end_to_end (an event's recommendations published after the budget), "
+                "rescore (the model call overran its slot and the cheap ranking was served).",
+                ["stage"],
                 registry=reg,
             ),
             budget=Gauge("segue_budget_seconds", "The configured event -> recommendations budget.", registry=reg),

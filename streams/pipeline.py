@@ -8,13 +8,15 @@ is left to the caller (the Faust agent), which also measures event -> recommenda
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from serving.catalog import Catalog
 from serving.rescore import Rescorer, to_record
-from streams.errors import InvalidEvent
+from streams.errors import InvalidEvent, RetryableError
 from streams.metrics import Metrics
 from streams.records import (
     DEAD_LETTER_VALUE_MAX,
@@ -56,8 +58,16 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+Pending = list[tuple[Event, int, Incoming]]
+
+
 class Processor:
-    """Applies micro-batches of raw events. Collaborators are injected; it holds no per-user state itself."""
+    """Applies micro-batches of raw events. Collaborators are injected; it holds no per-user state itself.
+
+    ``rescore_timeout_s``: a model call slower than this is abandoned for the cheap ranking (and counted as a
+    rescoring budget miss), so recommendations still arrive within the budget. ``cas_attempts``: how often a
+    user's state is re-read and re-applied when another worker changed it meanwhile (during a rebalance).
+    """
 
     def __init__(
         self,
@@ -68,6 +78,8 @@ class Processor:
         provider: str,
         dynamics: Dynamics | None = None,
         clock: Callable[[], int] = now_ms,
+        rescore_timeout_s: float | None = None,
+        cas_attempts: int = 5,
     ) -> None:
         self._catalog = catalog
         self._rescorer = rescorer
@@ -76,11 +88,24 @@ class Processor:
         self._provider = provider
         self._dyn = dynamics or Dynamics()
         self._clock = clock
+        self._timeout = rescore_timeout_s
+        self._cas_attempts = cas_attempts
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segue-model")
 
     async def process(self, batch: Sequence[Incoming]) -> BatchOutcome:
+        """Apply one micro-batch; raise ``RetryableError`` (nothing half-done is visible) if a store fails."""
         out = BatchOutcome()
         self._metrics.batch_size.observe(len(batch))
-        per_user: dict[str, list[tuple[Event, int, Incoming]]] = {}
+        per_user = self._validate(batch, out)
+        if not per_user:
+            return out
+        final = await self._apply_all(per_user, out)
+        out.recommendations = await self._rank(final, per_user)
+        await self._store.put_recommendations(out.recommendations)
+        return out
+
+    def _validate(self, batch: Sequence[Incoming], out: BatchOutcome) -> dict[str, Pending]:
+        per_user: dict[str, Pending] = {}
         for msg in batch:
             event: Event | None = None
             try:
@@ -93,43 +118,66 @@ class Processor:
                 out.dead_letters.append(self._dead_letter(msg, exc, kind))
                 continue
             per_user.setdefault(event.user_id, []).append((event, index, msg))
-        if not per_user:
-            return out
+        return per_user
 
-        users = list(per_user)
-        before = await self._store.get_states(users)
-        changed: dict[str, SessionState] = {}
-        dim = self._catalog.dim
-        items = self._catalog.embeddings
-        for user, state in zip(users, before, strict=True):
-            current = state if state is not None else SessionState.empty(dim)
-            for event, index, msg in per_user[user]:
-                after = apply_event(current, event, index, items[index], self._dyn, msg.partition, msg.offset)
-                kind = event_type(event)
-                if after is current:
-                    out.duplicates += 1
-                    self._metrics.events.labels(kind, "duplicate").inc()
+    async def _apply_all(self, per_user: dict[str, Pending], out: BatchOutcome) -> dict[str, SessionState]:
+        """Apply every user's events and write the changed states (compare-and-set); return all states."""
+        final: dict[str, SessionState] = {}
+        pending = list(per_user)
+        for _ in range(self._cas_attempts):
+            before = await self._store.get_states(pending)
+            updates: dict[str, SessionState] = {}
+            expected: dict[str, int | None] = {}
+            outcomes: dict[str, list[tuple[str, int | None]]] = {}
+            for user, state in zip(pending, before, strict=True):
+                current, outcomes[user] = self._apply(state, per_user[user])
+                if state is None or current is not state:
+                    updates[user], expected[user] = current, (state.version if state is not None else None)
+                else:
+                    final[user] = current
+            refused = await self._store.put_states(updates, expected)
+            for user in pending:
+                if user in refused:
                     continue
-                current = after
-                out.applied_ms.append(msg.timestamp_ms)
-                self._metrics.events.labels(kind, "applied").inc()
-            if state is None or current is not state:
-                changed[user] = current
-        if not changed:
-            return out
+                if user in updates:
+                    final[user] = updates[user]
+                for kind, ts_ms in outcomes[user]:
+                    if ts_ms is None:
+                        out.duplicates += 1
+                        self._metrics.events.labels(kind, "duplicate").inc()
+                    else:
+                        out.applied_ms.append(ts_ms)
+                        self._metrics.events.labels(kind, "applied").inc()
+            pending = [u for u in pending if u in refused]
+            if not pending:
+                return final
+        raise RetryableError(f"the state of {len(pending)} users kept changing under this worker (a rebalance?)")
 
-        await self._store.put_states(changed)
-        out.recommendations = self._rank(changed, per_user)
-        await self._store.put_recommendations(out.recommendations)
-        return out
+    def _apply(self, state: SessionState | None, events: Pending) -> tuple[SessionState, list[tuple[str, int | None]]]:
+        """Fold a user's events into their state; per event (type, broker ms) if applied, (type, None) if not."""
+        current = state if state is not None else SessionState.empty(self._catalog.dim)
+        items = self._catalog.embeddings
+        outcomes: list[tuple[str, int | None]] = []
+        for event, index, msg in events:
+            after = apply_event(current, event, index, items[index], self._dyn, msg.partition, msg.offset)
+            outcomes.append((event_type(event), None if after is current else msg.timestamp_ms))
+            current = after
+        return current, outcomes
 
-    def _rank(
-        self, changed: dict[str, SessionState], per_user: dict[str, list[tuple[Event, int, Incoming]]]
-    ) -> list[Recommendations]:
-        users = list(changed)
-        states = [changed[u] for u in users]
+    async def _rank(self, final: dict[str, SessionState], per_user: dict[str, Pending]) -> list[Recommendations]:
+        """Rank every user of the batch (also those whose events were all redelivered: their earlier
+        recommendations may never have been published)."""
+        users = list(final)
+        states = [final[u] for u in users]
         started = time.perf_counter()
-        rankings = self._rescorer.rank(states, [s.last_ts_ms for s in states])
+        model_call = asyncio.get_running_loop().run_in_executor(
+            self._model_thread, self._rescorer.rank, states, [s.last_ts_ms for s in states]
+        )
+        try:
+            rankings = await asyncio.wait_for(model_call, timeout=self._timeout)
+        except TimeoutError:
+            self._metrics.budget_misses.labels("rescore").inc()
+            rankings = self._rescorer.rank_fallback(states)
         self._metrics.rescore.labels(self._provider).observe(time.perf_counter() - started)
         generated = self._clock()
         recs = []

@@ -15,6 +15,7 @@ State, per user (format v1, see ``streams.state_codec`` and docs/state.md):
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, replace
 from typing import Final
@@ -44,7 +45,7 @@ class Dynamics:
     taste_rate: float = 0.05  # per positive event, for the long-term vector
     gap_ms: int = 30 * 60 * 1000
     recent_max: int = 50
-    dedup_max: int = 64
+    dedup_max: int = 32
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class SessionState:
     likes: int = 0
     events: int = 0  # events applied in the current session (position in session)
     last_outcome: int = -1
-    seen_ids: tuple[str, ...] = ()
+    seen_ids: tuple[int, ...] = ()  # 64-bit digests of the last applied event ids (``id_digest``)
     partition: int = -1  # Kafka partition of the last applied event, -1 if none
     offset: int = -1  # last applied offset in that partition, -1 if none
     version: int = 0  # number of events ever applied; bumps on every change
@@ -79,11 +80,16 @@ class SessionState:
         return SessionState(pos=z, neg=z.copy(), taste=z.copy())
 
 
+def id_digest(event_id: str) -> int:
+    """A 64-bit digest of an event id: what the state keeps to recognise the id again (8 bytes, not 64)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+
+
 def is_duplicate(state: SessionState, event_id: str, partition: int | None = None, offset: int | None = None) -> bool:
     """True if this event was already applied: by its id, or by its Kafka position in the user's partition."""
     if offset is not None and partition == state.partition and 0 <= offset <= state.offset:
         return True
-    return event_id in state.seen_ids
+    return id_digest(event_id) in state.seen_ids
 
 
 def outcome_of(event: Event) -> int:
@@ -156,7 +162,7 @@ def apply_event(
 
     recent = (recent_outcomes[0] + (track_index,))[-dyn.recent_max :]
     outcomes = (recent_outcomes[1] + (outcome,))[-dyn.recent_max :]
-    seen = (state.seen_ids + (event.event_id,))[-dyn.dedup_max :]
+    seen = (state.seen_ids + (id_digest(event.event_id),))[-dyn.dedup_max :]
     return replace(
         state,
         pos=pos,

@@ -88,6 +88,11 @@ class ScoringSettings(BaseModel):
     candidates: int = Field(200, ge=1)
     recommendations: int = Field(20, ge=1)
     budget_ms: float = Field(50.0, gt=0)
+    # A model call slower than this is abandoned for the cheap ranking (retrieval similarity), so that
+    # recommendations still arrive within the budget.
+    rescore_timeout_ms: float = Field(30.0, gt=0)
+    # Fault drills only: sleep this long in every model call (0 in production).
+    inject_delay_ms: float = Field(0.0, ge=0)
     intra_op_threads: int = Field(1, ge=1)
 
 
@@ -96,7 +101,7 @@ class SessionSettings(BaseModel):
 
     gap_s: float = Field(1800.0, gt=0)
     recent_tracks: int = Field(50, ge=1, le=500)
-    dedup_ids: int = Field(64, ge=1, le=1024)
+    dedup_ids: int = Field(32, ge=1, le=1024)
 
 
 class WorkerSettings(BaseSettings):

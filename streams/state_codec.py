@@ -33,7 +33,7 @@ class _StateV1(msgspec.Struct, array_like=True, frozen=True):
     likes: int
     events: int
     last_outcome: int
-    seen_ids: list[str]
+    seen_ids: bytes  # little-endian uint64 digests
     partition: int
     offset: int
     version: int
@@ -62,7 +62,7 @@ def encode_state(state: SessionState) -> bytes:
             likes=state.likes,
             events=state.events,
             last_outcome=state.last_outcome,
-            seen_ids=list(state.seen_ids),
+            seen_ids=np.asarray(state.seen_ids, dtype="<u8").tobytes(),
             partition=state.partition,
             offset=state.offset,
             version=state.version,
@@ -92,7 +92,7 @@ def decode_state(raw: bytes) -> SessionState:
         likes=s.likes,
         events=s.events,
         last_outcome=s.last_outcome,
-        seen_ids=tuple(s.seen_ids),
+        seen_ids=tuple(int(x) for x in np.frombuffer(s.seen_ids, dtype="<u8")),
         partition=s.partition,
         offset=s.offset,
         version=s.version,

@@ -3,7 +3,9 @@
 Both implementations pass the same test suite (tests/unit/test_stores.py runs it on memory,
 tests/integration/test_redis_store.py on a real Redis). Redis layout, format v1 (docs/state.md):
 
-* ``{prefix}:{<user_id>}:state`` -> session state, MessagePack (``streams.state_codec``)
+* ``{prefix}:{<user_id>}:state`` -> hash: ``v`` the state's version, ``s`` the state, MessagePack
+  (``streams.state_codec``). Writes are compare-and-set on ``v`` (a Lua script), so two workers that both
+  hold a user during a rebalance cannot overwrite each other's newer state.
 * ``{prefix}:{<user_id>}:recs``  -> latest recommendations, JSON (``streams.records.Recommendations``)
 
 The user id sits in a hash tag, so on Redis Cluster a user's keys share a slot.
@@ -35,8 +37,14 @@ class Store(Protocol):
         """States in the order of ``user_ids``; ``None`` for users never seen."""
         ...
 
-    async def put_states(self, states: Mapping[str, SessionState]) -> None:
-        """Write the states of several users (each write replaces the user's whole state)."""
+    async def put_states(
+        self, states: Mapping[str, SessionState], expected: Mapping[str, int | None] | None = None
+    ) -> set[str]:
+        """Write the states of several users; return the users whose write was refused.
+
+        With ``expected``, a user's write happens only if the stored version is ``expected[user]`` (``None``:
+        no state stored yet); otherwise that user is returned and nothing of theirs is written.
+        """
         ...
 
     async def get_recommendations(self, user_id: str) -> Recommendations | None:
@@ -64,15 +72,24 @@ class MemoryStore:
     """A dict-backed ``Store`` for unit tests and offline evaluation; values encoded exactly as in Redis."""
 
     def __init__(self) -> None:
-        self._states: dict[str, bytes] = {}
+        self._states: dict[str, tuple[int, bytes]] = {}
         self._recs: dict[str, bytes] = {}
 
     async def get_states(self, user_ids: Sequence[str]) -> list[SessionState | None]:
-        return [decode_state(self._states[u]) if u in self._states else None for u in user_ids]
+        return [decode_state(self._states[u][1]) if u in self._states else None for u in user_ids]
 
-    async def put_states(self, states: Mapping[str, SessionState]) -> None:
+    async def put_states(
+        self, states: Mapping[str, SessionState], expected: Mapping[str, int | None] | None = None
+    ) -> set[str]:
+        refused = set()
         for user, state in states.items():
-            self._states[user] = encode_state(state)
+            if expected is not None:
+                current = self._states.get(user)
+                if (current[0] if current else None) != expected.get(user):
+                    refused.add(user)
+                    continue
+            self._states[user] = (state.version, encode_state(state))
+        return refused
 
     async def get_recommendations(self, user_id: str) -> Recommendations | None:
         raw = self._recs.get(user_id)
@@ -93,6 +110,19 @@ class MemoryStore:
         return None
 
 
+# Compare-and-set of one user's state. KEYS[1]: state key. ARGV: expected version ("" = absent), new version,
+# state bytes, TTL in seconds. Returns 1 if written, 0 if the stored version differs.
+_CAS_STATE = """
+local current = redis.call('HGET', KEYS[1], 'v')
+if (current == false and ARGV[1] == '') or current == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return 1
+end
+return 0
+"""
+
+
 class RedisStore:
     """A ``Store`` on Redis (or Redis Cluster through a cluster-aware client passed in)."""
 
@@ -102,6 +132,7 @@ class RedisStore:
         self._state_ttl = settings.state_ttl_s
         self._recs_ttl = settings.recommendations_ttl_s
         self._metrics = metrics
+        self._cas = client.register_script(_CAS_STATE)
 
     @staticmethod
     def connect(settings: RedisSettings, metrics: Metrics | None = None) -> RedisStore:
@@ -138,17 +169,30 @@ class RedisStore:
             return []
         pipe = self._r.pipeline(transaction=False)
         for u in user_ids:
-            pipe.get(self.state_key(u))
+            pipe.hget(self.state_key(u), "s")
         raw = await self._run("get_states", pipe)
         return [decode_state(v) if v is not None else None for v in raw]  # type: ignore[arg-type]
 
-    async def put_states(self, states: Mapping[str, SessionState]) -> None:
+    async def put_states(
+        self, states: Mapping[str, SessionState], expected: Mapping[str, int | None] | None = None
+    ) -> set[str]:
         if not states:
-            return
+            return set()
+        users = list(states)
         pipe = self._r.pipeline(transaction=False)
-        for u, s in states.items():
-            pipe.set(self.state_key(u), encode_state(s), ex=self._state_ttl)
-        await self._run("put_states", pipe)
+        for u in users:
+            s = states[u]
+            if expected is None:
+                pipe.hset(self.state_key(u), mapping={"v": s.version, "s": encode_state(s)})
+                pipe.expire(self.state_key(u), self._state_ttl)
+            else:
+                want = expected.get(u)
+                args = ["" if want is None else want, s.version, encode_state(s), self._state_ttl]
+                await self._cas(keys=[self.state_key(u)], args=args, client=pipe)
+        results = await self._run("put_states", pipe)
+        if expected is None:
+            return set()
+        return {u for u, ok in zip(users, results, strict=True) if not ok}
 
     async def get_recommendations(self, user_id: str) -> Recommendations | None:
         pipe = self._r.pipeline(transaction=False)

@@ -15,6 +15,7 @@ import faust
 from prometheus_client import CollectorRegistry, start_http_server
 
 from serving.catalog import Catalog
+from serving.faults import SlowScorer
 from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
 from serving.scorer import OnnxScorer
@@ -58,15 +59,25 @@ def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None =
         intra_op_threads=settings.scoring.intra_op_threads,
     )
     metrics.model_info.labels(scorer.model_version, scorer.provider).set(1)
+    scoring = settings.scoring
+    model = SlowScorer(scorer, scoring.inject_delay_ms / 1000) if scoring.inject_delay_ms > 0 else scorer
     rescorer = Rescorer(
         catalog.embeddings,
         ExactRetriever(catalog.embeddings),
-        scorer,
+        model,
         n_candidates=settings.scoring.candidates,
         n_recs=settings.scoring.recommendations,
     )
     store = RedisStore.connect(settings.redis, metrics)
-    processor = Processor(catalog, rescorer, store, metrics, scorer.provider, dynamics_from(settings))
+    processor = Processor(
+        catalog,
+        rescorer,
+        store,
+        metrics,
+        scorer.provider,
+        dynamics_from(settings),
+        rescore_timeout_s=scoring.rescore_timeout_ms / 1000,
+    )
     return Runtime(settings, metrics, catalog, scorer, processor)
 
 

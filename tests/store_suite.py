@@ -42,3 +42,16 @@ async def check_store(store: Store, users: list[str]) -> None:
     assert await store.get_states([users[0]]) == [None]
     assert await store.get_recommendations(users[0]) is None
     assert await store.forget_user(users[0]) is False
+
+
+async def check_compare_and_set(store: Store, user: str) -> None:
+    """Writes with ``expected`` versions refuse to overwrite a state that moved on."""
+    first = _state(1)
+    assert await store.put_states({user: first}, expected={user: None}) == set()
+    assert await store.put_states({user: _state(2)}, expected={user: None}) == {user}
+    stale = first.version - 1
+    assert await store.put_states({user: _state(3)}, expected={user: stale}) == {user}
+    assert encode_state((await store.get_states([user]))[0]) == encode_state(first)
+    newer = _state(4)
+    assert await store.put_states({user: newer}, expected={user: first.version}) == set()
+    assert encode_state((await store.get_states([user]))[0]) == encode_state(newer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgspec
 import numpy as np
@@ -87,6 +88,29 @@ def test_redelivered_batch_changes_nothing(quick_bundle, world):
     asyncio.run(proc.process(msgs))
     users = sorted({m.key.decode() for m in msgs})
     before = [encode_state(s) for s in asyncio.run(store.get_states(users))]
+    first = {u: asyncio.run(store.get_recommendations(u)) for u in users}
     out = asyncio.run(proc.process(msgs))
-    assert out.duplicates == len(msgs) and not out.recommendations and not out.applied_ms
+    assert out.duplicates == len(msgs) and not out.applied_ms
     assert [encode_state(s) for s in asyncio.run(store.get_states(users))] == before
+    # Recommendations are published again (a crash may have lost them), and they are the same.
+    assert {r.user_id: [i.track_id for i in r.items] for r in out.recommendations} == {
+        u: [i.track_id for i in first[u].items] for u in users
+    }
+
+
+def test_a_model_slower_than_its_slot_falls_back_and_counts_a_miss(quick_bundle, world):
+    from serving.faults import SlowScorer
+
+    catalog = Catalog.load(quick_bundle)
+    scorer = OnnxScorer.load(quick_bundle, device="cpu")
+    slow = Rescorer(catalog.embeddings, ExactRetriever(catalog.embeddings), SlowScorer(scorer, 0.3), 100, 10)
+    metrics = Metrics.create(CollectorRegistry())
+    proc = Processor(catalog, slow, MemoryStore(), metrics, scorer.provider, rescore_timeout_s=0.02)
+    msgs = messages(world, n_users=3, per_user=2)
+    started = time.perf_counter()
+    out = asyncio.run(proc.process(msgs))
+    assert time.perf_counter() - started < 0.25
+    assert out.recommendations and all(r.fallback for r in out.recommendations)
+    assert all(len(r.items) == 10 for r in out.recommendations)
+    assert metrics.registry.get_sample_value("segue_budget_misses_total", {"stage": "rescore"}) == 1
+    assert metrics.registry.get_sample_value("segue_recommendations_total", {"kind": "fallback"}) == 3

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from streams.records import Like, Play, Skip
-from streams.session import Dynamics, SessionState, apply_event
+from streams.session import Dynamics, SessionState, apply_event, id_digest
 from streams.state_codec import decode_state, encode_state
 
 # The dynamics the fixture was written with (independent of today's defaults).
@@ -32,7 +32,7 @@ def test_v1_fixture_still_decodes():
     np.testing.assert_allclose(stored.pos, expected.pos, rtol=1e-6)
     np.testing.assert_allclose(stored.neg, expected.neg, rtol=1e-6)
     np.testing.assert_allclose(stored.taste, expected.taste, rtol=1e-6)
-    assert stored.seen_ids == ("a", "b", "c") and stored.recent == (0, 1, 2)
+    assert stored.seen_ids == tuple(id_digest(x) for x in "abc") and stored.recent == (0, 1, 2)
     assert (stored.partition, stored.offset, stored.session_id) == (2, 102, "s")
 
 
