@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -e '.[embedded,train,dev]'
+	bash infra/prometheus/install.sh
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)

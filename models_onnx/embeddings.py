@@ -79,6 +79,16 @@ def item_embeddings(
     counts = np.bincount(flat, minlength=n_items).astype(np.float64)  # [N]
     u, s = randomized_svd(ppmi(cooccurrence(sessions, n_items, window)), dim, rng)
     own = _unit(u * np.sqrt(s))  # [N, D]; rows of unseen items are zero
+    return shrink_toward_groups(own, counts, groups, rng, shrink), counts
+
+
+def shrink_toward_groups(
+    own: np.ndarray, counts: np.ndarray, groups: Sequence[np.ndarray], rng: np.random.Generator, shrink: float = 4.0
+) -> np.ndarray:
+    """Blend each item's own vector float [N, D] with its group's mean (most specific group first) and
+    return L2-normalised float32 [N, D]. Weight on the own vector is ``counts / (counts + shrink)``; items
+    in no group with a vector get a random direction."""
+    n_items, dim = own.shape
     prior = np.zeros_like(own)
     missing = np.ones(n_items, dtype=bool)
     for g in groups:
@@ -93,7 +103,7 @@ def item_embeddings(
     w = (counts / (counts + shrink))[:, None]
     # A little item-specific noise keeps cold items of one artist from being exact duplicates.
     noise = 0.05 * rng.normal(size=own.shape) / np.sqrt(dim)
-    return _unit(w * own + (1.0 - w) * prior + noise).astype(np.float32), counts
+    return _unit(w * own + (1.0 - w) * prior + noise).astype(np.float32)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -32,15 +32,19 @@ class FitConfig:
 
 
 def _candidates(
-    ex: Examples, n_items: int, cfg: FitConfig, rng: np.random.Generator
+    ex: Examples, n_items: int, cfg: FitConfig, rng: np.random.Generator, neg_p: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate indices int64 [E, K], labels float32 [E, K] and weights float32 [E, K], K = 2 + n_neg.
 
     Column 0 is the next track; column 1 re-offers the session's latest skip (a listener who just skipped
-    a track skips it again; weight 0 where the session has no skip); the rest are uniform random tracks.
+    a track skips it again; weight 0 where the session has no skip); the rest are random tracks, uniform
+    or drawn with probabilities ``neg_p`` float [n_items] (e.g. by popularity).
     """
     e = len(ex)
-    negs = rng.integers(0, n_items, size=(e, cfg.n_neg))
+    if neg_p is None:
+        negs = rng.integers(0, n_items, size=(e, cfg.n_neg))
+    else:
+        negs = rng.choice(n_items, size=(e, cfg.n_neg), p=neg_p)
     has_skip = ex.last_skip >= 0
     again = np.where(has_skip, ex.last_skip, negs[:, 0])
     cand = np.concatenate([ex.target[:, None], again[:, None], negs], axis=1)
@@ -64,9 +68,11 @@ def fit(
     rng: np.random.Generator,
     progress: bool | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    neg_p: np.ndarray | None = None,
 ) -> float:
     """Train ``model`` in place on ``train`` (item embeddings ``items`` float32 [N, D]); return the last
-    epoch's mean weighted loss. Torch randomness must be seeded by the caller."""
+    epoch's mean weighted loss. Torch randomness must be seeded by the caller. ``neg_p`` float [N]:
+    sampling probabilities of the random negative candidates (default uniform)."""
     items_t = torch.from_numpy(items)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
@@ -76,7 +82,7 @@ def fit(
     disable = None if progress is None else not progress  # None: bars on a terminal only
     for epoch in tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=disable):
         order = rng.permutation(len(train))
-        cand, y, w = _candidates(train, items.shape[0], cfg, rng)
+        cand, y, w = _candidates(train, items.shape[0], cfg, rng, neg_p)
         total, weight = 0.0, 0.0
         for start in range(0, len(order), cfg.batch):
             rows = order[start : start + cfg.batch]

@@ -7,6 +7,7 @@ with the configured exponential backoff, the batch held until Redis answers, so 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,15 @@ from streams.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 
+def _exit_now(why: str) -> None:
+    """Leave at once, without committing anything: the uncommitted batch is redelivered after a restart
+    (and applied once, because applying events is idempotent). A Faust agent that merely crashed would be
+    restarted past the failed batch."""
+    log.critical(why, exc_info=True)
+    logging.shutdown()
+    os._exit(70)
+
+
 @dataclass(frozen=True)
 class AgentDeps:
     """What the agent needs besides the app."""
@@ -34,6 +44,7 @@ class AgentDeps:
     metrics: Metrics
     settings: WorkerSettings
     clock_s: Callable[[], float] = time.time
+    exit_on_failure: Callable[[str], None] = _exit_now
 
 
 def to_incoming(event: faust.types.EventT) -> Incoming:
@@ -55,7 +66,9 @@ def register_agents(app: faust.App, deps: AgentDeps) -> faust.types.AgentT:
     events = app.topic(topics.events, key_type=bytes, value_type=bytes, partitions=topics.partitions)
     recommendations = app.topic(topics.recommendations, key_type=bytes, value_type=bytes)
     dead_letters = app.topic(topics.dead_letters, key_type=bytes, value_type=bytes)
-    retry = Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), retries=-1, supported_errors=(RetryableError,))
+    s = deps.settings
+    backoff = ExponentialWithJitterBackoff(cap=s.retry_backoff_cap_s, base=s.retry_backoff_base_s)
+    retry = Retry(backoff, retries=s.retry_attempts, supported_errors=(RetryableError,))
     budget_s = deps.settings.scoring.budget_ms / 1000.0
     deps.metrics.budget.set(budget_s)
 
@@ -63,6 +76,8 @@ def register_agents(app: faust.App, deps: AgentDeps) -> faust.types.AgentT:
         for dl in out.dead_letters:
             key = dl.key.encode() if dl.key is not None else None
             await dead_letters.send(key=key, value=encode_record(dl))
+        if out.dead_letters:
+            await app.producer.flush()  # dead letters are durable before their offsets can be committed
         for rec in out.recommendations:
             await recommendations.send(key=rec.user_id.encode(), value=encode_record(rec))
         done = deps.clock_s()
@@ -89,8 +104,14 @@ def register_agents(app: faust.App, deps: AgentDeps) -> faust.types.AgentT:
     async def process_events(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(deps.settings.batch_max, within=deps.settings.batch_within_s):
             incoming = [to_incoming(e) for e in batch]
-            out = await retry.call_with_retry(partial(deps.processor.process, incoming), on_store_error)
-            await publish(out)
+            try:
+                out = await retry.call_with_retry(partial(deps.processor.process, incoming), on_store_error)
+                await publish(out)
+            except Exception:  # noqa: BLE001 - anything here means this batch cannot be completed
+                deps.exit_on_failure(
+                    "giving up on a batch after the configured retries; exiting so that a restart redelivers it"
+                )
+                raise
             record_lag(incoming)
 
     return process_events

@@ -20,6 +20,7 @@ from streams.errors import InvalidEvent, RetryableError
 from streams.metrics import Metrics
 from streams.records import (
     DEAD_LETTER_VALUE_MAX,
+    FUTURE_TIMESTAMP,
     UNKNOWN_TRACK,
     DeadLetter,
     Event,
@@ -80,6 +81,7 @@ class Processor:
         clock: Callable[[], int] = now_ms,
         rescore_timeout_s: float | None = None,
         cas_attempts: int = 5,
+        max_clock_skew_ms: int = 86_400_000,
     ) -> None:
         self._catalog = catalog
         self._rescorer = rescorer
@@ -90,6 +92,7 @@ class Processor:
         self._clock = clock
         self._timeout = rescore_timeout_s
         self._cas_attempts = cas_attempts
+        self._max_skew_ms = max_clock_skew_ms
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segue-model")
 
     async def process(self, batch: Sequence[Incoming]) -> BatchOutcome:
@@ -113,6 +116,12 @@ class Processor:
                 index = self._catalog.lookup(event.track_id)
                 if index is None:
                     raise InvalidEvent(UNKNOWN_TRACK, f"track {event.track_id!r} is not in the catalog")
+                if event.ts_ms > msg.timestamp_ms + self._max_skew_ms:
+                    raise InvalidEvent(
+                        FUTURE_TIMESTAMP,
+                        f"ts_ms {event.ts_ms} is more than {self._max_skew_ms} ms after the broker time "
+                        f"{msg.timestamp_ms}: fix the client clock",
+                    )
             except InvalidEvent as exc:
                 kind = event_type(event) if event is not None else "invalid"
                 out.dead_letters.append(self._dead_letter(msg, exc, kind))

@@ -20,9 +20,13 @@ MAX_EVENT_BYTES: Final = 4096
 MIN_TS_MS: Final = 1_000_000_000_000  # 2001-09-09
 MAX_TS_MS: Final = 4_102_444_800_000  # 2100-01-01
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
-EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Label = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.:-]+$")]
+# Patterns end with (?![\s\S]) rather than $: in Python's re (and so in msgspec) $ also matches before a
+# trailing newline, which would let "user\n" through. The lookahead means end-of-string in Python and in
+# JSON Schema (ECMA-262) alike.
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]+(?![\s\S])"
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_NO_CONTROL)]
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_NO_CONTROL)]
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.:-]+(?![\s\S])")]
 Millis = Annotated[int, msgspec.Meta(ge=0, le=86_400_000)]
 Timestamp = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, le=MAX_TS_MS)]
 
@@ -33,7 +37,16 @@ UNKNOWN_TYPE: Final = "unknown_type"
 MISSING_FIELD: Final = "missing_field"
 INVALID_FIELD: Final = "invalid_field"
 UNKNOWN_TRACK: Final = "unknown_track"
-REASONS: Final = (MALFORMED_JSON, OVERSIZED, UNKNOWN_TYPE, MISSING_FIELD, INVALID_FIELD, UNKNOWN_TRACK)
+FUTURE_TIMESTAMP: Final = "future_timestamp"
+REASONS: Final = (
+    MALFORMED_JSON,
+    OVERSIZED,
+    UNKNOWN_TYPE,
+    MISSING_FIELD,
+    INVALID_FIELD,
+    UNKNOWN_TRACK,
+    FUTURE_TIMESTAMP,
+)
 
 
 class Context(msgspec.Struct, frozen=True):

@@ -115,6 +115,11 @@ class WorkerSettings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     scoring: ScoringSettings = ScoringSettings()
     session: SessionSettings = SessionSettings()
+    # Retries of a batch while Redis or the broker fails (exponential backoff with jitter). After the last
+    # one the worker exits without committing, so a restart redelivers the batch: -1 retries for ever.
+    retry_attempts: int = Field(300, ge=-1)
+    retry_backoff_base_s: float = Field(0.05, gt=0)
+    retry_backoff_cap_s: float = Field(2.0, gt=0)
     batch_max: int = Field(1000, ge=1)
     batch_within_s: float = Field(0.003, gt=0)
     metrics_host: str = "127.0.0.1"

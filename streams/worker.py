@@ -95,6 +95,7 @@ def build_app(runtime: Runtime) -> faust.App:
     @app.on_partitions_revoked.connect
     async def _revoked(sender: object, revoked: set, **kwargs: object) -> None:  # noqa: ARG001
         gauge.set(0)
+        runtime.metrics.consumer_lag.clear()  # partitions this worker no longer owns report no lag
 
     return app
 

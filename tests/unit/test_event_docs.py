@@ -33,6 +33,7 @@ def test_schema_rejects_what_the_worker_rejects():
         {"type": "pause", "event_id": "e", "user_id": "u", "track_id": "t", "ts_ms": 1763900000000},
         {"type": "play", "event_id": "e", "user_id": "u", "track_id": "t", "ts_ms": 1763900000000},
         {"type": "like", "event_id": "e", "user_id": "", "track_id": "t", "ts_ms": 1763900000000},
+        {"type": "like", "event_id": "e", "user_id": "u\n", "track_id": "t", "ts_ms": 1763900000000},
         {"type": "skip", "event_id": "e", "user_id": "u", "track_id": "t", "ts_ms": 5, "played_ms": 1},
     ]
     for event in bad:

@@ -58,6 +58,9 @@ def test_unknown_fields_are_ignored_for_forward_compatibility():
         (raw(type="like", user_id=123), "invalid_field"),
         (raw(type="like", track_id="x" * 10_000), "oversized"),
         (b"[1, 2]", "invalid_field"),
+        (raw(type="like", user_id="u\n"), "invalid_field"),
+        (raw(type="like", event_id="e\n"), "invalid_field"),
+        (raw(type="like", context={"device": "mobile\n"}), "invalid_field"),
     ],
 )
 def test_bad_input_gets_a_reason(payload, reason):

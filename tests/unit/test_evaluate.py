@@ -1,0 +1,185 @@
+"""Offline evaluation on real-format data: preparation, metrics, bootstrap, and ``--test DIR`` end to end.
+
+Everything runs on a tiny generated dataset written in the Spotify-export file format into tmp_path.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models_onnx.metrics import (
+    Bootstrap,
+    average_accuracy,
+    ci,
+    hit,
+    ndcg,
+    rank_of,
+    reciprocal_rank,
+    session_average_accuracy,
+    weighted_auc,
+)
+from models_onnx.realdata import SESSION_GAP_MS, load_plays, time_fold, user_fold
+
+T0 = int(datetime(2024, 3, 1, 8, 0, tzinfo=UTC).timestamp() * 1000)
+
+
+def _fmt(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def write_dataset(root: Path, n_users: int, seed: int, prefix: str = "u", n_tracks: int = 80, days: int = 20) -> Path:
+    """A tiny dataset in the shared-data format: listeners who prefer one 'genre' block of tracks."""
+    rng = np.random.default_rng(seed)
+    rows = ["user_id,end_time,ms_played,track_id"]
+    for u in range(n_users):
+        block = rng.integers(0, 4)
+        t = T0 + int(rng.integers(0, 3_600_000))
+        for _day in range(days):
+            for _s in range(2):
+                track = int(rng.integers(0, n_tracks))
+                for _ in range(int(rng.integers(3, 9))):
+                    liked = track // (n_tracks // 4) == block
+                    ms = int(rng.integers(120_000, 240_000)) if liked or rng.random() < 0.3 else 9_000
+                    t += ms + 60_000
+                    rows.append(f"{prefix}{u:03d},{_fmt(t)},{ms},t{track:03d}")
+                    step = int(rng.integers(-2, 3))
+                    track = (track + step) % n_tracks if rng.random() < 0.8 else int(rng.integers(0, n_tracks))
+                t += 4 * 3_600_000
+            t += 10 * 3_600_000
+    root.mkdir(parents=True, exist_ok=True)
+    with gzip.open(root / "events_part00.csv.gz", "wt") as fh:
+        fh.write("\n".join(rows) + "\n")
+    with gzip.open(root / "tracks.csv.gz", "wt") as fh:
+        fh.write("track_id,artist_id,artist_name,track_name,n_plays,n_users,max_ms_played\n")
+        fh.writelines(f't{i:03d},a{i // 5:02d},"Artist, {i // 5}",Song {i},1,1,240000\n' for i in range(n_tracks))
+    return root
+
+
+def _write_rows(root: Path, rows: list[tuple[str, int, int, str]]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    with gzip.open(root / "events_part00.csv.gz", "wt") as fh:
+        fh.write("user_id,end_time,ms_played,track_id\n")
+        fh.writelines(f"{u},{_fmt(t)},{ms},{tr}\n" for u, t, ms, tr in rows)
+    return root
+
+
+def test_sessions_skip_labels_and_order(tmp_path: Path) -> None:
+    m = 60_000
+    rows = [
+        ("ub", T0 + 0 * m, 200_000, "t1"),
+        ("ua", T0 + 5 * m, 29_999, "t2"),  # skip (< 30 s)
+        ("ua", T0 + 0 * m, 30_000, "t1"),  # not a skip; out of order in the file
+        ("ua", T0 + 35 * m, 100_000, "t3"),  # 30 min after the previous end: same session
+        ("ua", T0 + 35 * m + SESSION_GAP_MS + m, 100_000, "t4"),  # 31 min later: new session
+        ("ub", T0 + 10 * m, 0, "t2"),
+    ]
+    plays = load_plays(_write_rows(tmp_path / "d", rows))
+    assert list(plays.user_ids) == ["ua", "ub"]
+    assert [plays.track_ids[t] for t in plays.track] == ["t1", "t2", "t3", "t4", "t1", "t2"]
+    assert plays.skip.tolist() == [False, True, False, False, False, True]
+    assert plays.pos.tolist() == [0, 1, 2, 0, 0, 1]
+    assert len(np.unique(plays.session)) == 3
+    assert plays.artist_ids.tolist() == ["", "", "", ""]  # no tracks.csv.gz
+
+
+def test_vocabulary_comes_from_training_plays_only(tmp_path: Path) -> None:
+    d = 86_400_000
+    rows = [("ua", T0, 100_000, "t1"), ("ua", T0 + 7 * d, 100_000, "t2"), ("ua", T0 + 10 * d, 100_000, "t9")]
+    rows += [("ub", T0, 100_000, "t1"), ("ub", T0 + 10 * d, 100_000, "t1")]
+    plays = load_plays(_write_rows(tmp_path / "d", rows))
+    fold = time_fold(plays)
+    assert set(fold.vocab.track_ids) == {"t1", "t2"}  # t9 is only played after ua's cut-off
+    assert fold.scored.tolist() == [False, False, True, False, True]
+    assert fold.test_items[2] == -1 and fold.vocab.track_ids[0] == "t1"  # most played first
+    other = load_plays(_write_rows(tmp_path / "o", [("uz", T0, 100_000, "t7"), ("uz", T0 + d, 100_000, "t1")]))
+    uf = user_fold(plays, other)
+    assert "t7" not in uf.vocab.index and uf.test_items.tolist() == [-1, uf.vocab.index["t1"]]
+
+
+def test_ranking_metrics_by_hand() -> None:
+    ranks = np.array([1.0, 2.0, 10.0, 11.0, 25.0, np.inf])
+    assert hit(ranks, 10).tolist() == [1, 1, 1, 0, 0, 0]
+    assert hit(ranks, 20).tolist() == [1, 1, 1, 1, 0, 0]
+    np.testing.assert_allclose(reciprocal_rank(ranks, 20), [1, 0.5, 0.1, 1 / 11, 0, 0])
+    np.testing.assert_allclose(ndcg(ranks, 20), [1, 1 / np.log2(3), 1 / np.log2(11), 1 / np.log2(12), 0, 0])
+    scores = np.array([[0.1, 0.9, 0.5, 0.5], [1.0, 1.0, 1.0, 0.0]])
+    assert rank_of(scores, np.array([2, 0])).tolist() == [2.5, 2.0]  # ties share the mean position
+    assert rank_of(scores, np.array([-1, 3])).tolist() == [np.inf, 4.0]
+
+
+def test_auc_by_hand_and_weights() -> None:
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    y = np.array([1, 0, 1, 0, 0])
+    assert float(weighted_auc(s, y)) == pytest.approx(5 / 6)  # pairs: (0.9 beats 3), (0.7 beats 2) of 6
+    assert float(weighted_auc(np.array([0.5, 0.5]), np.array([1, 0]))) == 0.5
+    # an integer weight equals repeating the row
+    w = np.array([[2.0, 1.0, 1.0, 1.0, 3.0]])
+    rep = weighted_auc(np.repeat(s, [2, 1, 1, 1, 3]), np.repeat(y, [2, 1, 1, 1, 3]))
+    assert weighted_auc(s, y, w)[0] == pytest.approx(float(rep))
+
+
+def test_wsdm_average_accuracy_by_hand() -> None:
+    # correct, wrong, correct: A = (1, 1/2, 2/3), L = (1, 0, 1) -> (1 + 2/3) / 3
+    assert average_accuracy(np.array([True, False, True])) == pytest.approx(5 / 9)
+    assert average_accuracy(np.array([False, False])) == 0.0
+    correct = np.array([True, True, False, True, False, True])
+    session = np.array([1, 1, 1, 1, 2, 2])
+    pos = np.array([1, 2, 3, 4, 1, 2])
+    length = np.array([5, 5, 5, 5, 3, 3])
+    ids, aa = session_average_accuracy(correct, session, pos, length)
+    assert ids.tolist() == [1, 2]  # second half: positions >= 2 of 5, >= 1 of 3
+    np.testing.assert_allclose(aa, [average_accuracy(np.array([True, False, True])), 0.25])
+
+
+def test_cluster_bootstrap() -> None:
+    users = np.repeat(np.arange(20), 5)
+    boot = Bootstrap(users, reps=300, seed=1)
+    point, reps = boot.mean(np.ones(100))
+    assert point == 1.0 and ci(reps) == (1.0, 1.0)
+    values = (users % 2).astype(float)  # half the users always 1, half always 0
+    point, reps = boot.mean(values)
+    lo, hi = ci(reps)
+    assert point == 0.5 and lo < 0.5 < hi and hi - lo > 0.2  # users, not 100 positions, drive the width
+    again = Bootstrap(users, reps=300, seed=1).mean(values)[1]
+    np.testing.assert_array_equal(reps, again)
+    # one value per cluster gives the same result as the positions when each user's values are equal
+    np.testing.assert_allclose(boot.mean(np.array([0.0, 1.0] * 10), cluster=np.arange(20))[1], reps)
+
+
+def test_test_dir_mode_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from models_onnx.evaluate import main
+    from serving.catalog import Catalog
+    from serving.scorer import OnnxScorer
+
+    data = write_dataset(tmp_path / "train", 12, seed=1)
+    test = write_dataset(tmp_path / "test", 4, seed=2, prefix="v")
+    out = tmp_path / "report"
+    args = ["--data", str(data), "--test", str(test), "--out", str(out), "--modes", "users", "--positions", "100"]
+    args += ["--gru-seconds", "2", "--segue-epochs", "1", "--candidates", "30", "--bootstrap", "50", "--no-progress"]
+    assert main(args) == 0
+    report = (out / "report.md").read_text()
+    for name in ("popularity", "user most-recent", "item-kNN", "V-SKNN", "GRU4Rec", "logistic regression", "segue"):
+        assert name in report
+    for png in ("hr20_by_position.png", "skip_auc_by_position.png", "skip_calibration.png"):
+        assert (out / png).stat().st_size > 1000
+    assert "Skip label" in (out / "model_card.md").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    results = summary["folds"]["users"]["results"]
+    assert summary["folds"]["users"]["n_positions"] >= 100 and summary["folds"]["users"]["n_users"] == 4
+    for r in results:
+        assert all(lo <= pt <= hi or np.isnan(pt) for pt, lo, hi in r["values"].values())
+    bundle = out / "bundles" / "users"
+    scorer = OnnxScorer.load(bundle, device="cpu")
+    catalog = Catalog.load(bundle)
+    assert scorer.model_version.startswith("real-users-") and len(catalog) == len(set(catalog.track_ids))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert "not shippable" in manifest["training"]["data"] and "a" in manifest["training"]["skip_calibration"]
+    z = np.zeros((1, catalog.dim), np.float32)
+    assert scorer.score(z, z, z, np.zeros((1, 8), np.float32), catalog.embeddings[None, :5]).shape == (1, 5)
