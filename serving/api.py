@@ -86,6 +86,8 @@ def create_api(deps: ApiDeps) -> FastAPI:
         if deps.producer is None:
             raise HTTPException(status_code=404, detail="ingest is disabled on this API (SEGUE_API_INGEST=false)")
         body = await request.body()
+        if len(body) > deps.settings.max_body_bytes:  # also for chunked bodies, which carry no content-length
+            raise HTTPException(status_code=413, detail=f"request body over {deps.settings.max_body_bytes} bytes")
         try:
             payload = msgspec.json.decode(body)
         except msgspec.DecodeError as exc:
