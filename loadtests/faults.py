@@ -136,11 +136,21 @@ class FaultRun:
         finally:
             client.close()
 
-    def wait_done(self, timeout_s: float) -> None:
-        want = sum(s.version for s in self.expected.values())
+    @property
+    def total(self) -> int:
+        return sum(s.version for s in self.expected.values())
+
+    def wait_applied(self, at_least: float, timeout_s: float) -> int:
+        """Wait until ``at_least`` events are applied (or the timeout); return how many are."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.applied() < want:
-            time.sleep(0.5)
+        applied = self.applied()
+        while applied < at_least and time.monotonic() < deadline:
+            time.sleep(0.2)
+            applied = self.applied()
+        return applied
+
+    def wait_done(self, timeout_s: float) -> None:
+        self.wait_applied(self.total, timeout_s)
 
     def dead_letters(self) -> int:
         """Messages on this run's dead-letter topic."""
@@ -168,15 +178,15 @@ class FaultRun:
 
 
 def kill_restart(run: FaultRun, kills: int, rng: np.random.Generator, timeout_s: float) -> FaultReport:
-    """kill -9 the worker at random points ``kills`` times during the replay; a new one takes over each time."""
+    """kill -9 the worker ``kills`` times at random points of the replay (after a random share of the events
+    is applied); a new worker takes over each time."""
     started = time.monotonic()
     worker = run.worker()
     producer = run.produce_in_background()
     at: list[int] = []
     try:
-        for _ in range(kills):
-            time.sleep(float(rng.uniform(1.0, 4.0)))
-            at.append(run.applied())
+        for share in sorted(rng.uniform(0.05, 0.95, size=kills)):
+            at.append(run.wait_applied(share * run.total, timeout_s))
             worker.kill()
             worker = run.worker()
         producer.join()
@@ -195,8 +205,7 @@ def lose_a_member(run: FaultRun, rng: np.random.Generator, timeout_s: float) -> 
     a, b = run.worker(), run.worker()
     producer = run.produce_in_background()
     try:
-        time.sleep(float(rng.uniform(1.0, 3.0)))
-        at = run.applied()
+        at = run.wait_applied(float(rng.uniform(0.2, 0.8)) * run.total, timeout_s)
         a.kill()
         producer.join()
         run.wait_done(timeout_s)
@@ -222,8 +231,7 @@ def redis_outage(run: FaultRun, outage_s: float, timeout_s: float) -> FaultRepor
     worker = run.worker()
     producer = run.produce_in_background()
     try:
-        time.sleep(1.5)
-        at = run.applied()
+        at = run.wait_applied(0.3 * run.total, timeout_s)
         server.stop()
         time.sleep(outage_s)
         restarted = RedisServer(server.run_dir, port=server.port, persistence=True, data_dir=server.data_dir)
