@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from serving.catalog import Catalog
-from serving.rescore import Rescorer, to_record
+from serving.rescore import Ranking, Rescorer, to_record
 from streams.errors import InvalidEvent, RetryableError
 from streams.metrics import Metrics
 from streams.records import (
@@ -94,6 +94,7 @@ class Processor:
         self._cas_attempts = cas_attempts
         self._max_skew_ms = max_clock_skew_ms
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segue-model")
+        self._model_call: asyncio.Future[list[Ranking]] | None = None
 
     async def process(self, batch: Sequence[Incoming]) -> BatchOutcome:
         """Apply one micro-batch; raise ``RetryableError`` (nothing half-done is visible) if a store fails."""
@@ -179,12 +180,16 @@ class Processor:
         users = list(final)
         states = [final[u] for u in users]
         started = time.perf_counter()
-        model_call = asyncio.get_running_loop().run_in_executor(
-            self._model_thread, self._rescorer.rank, states, [s.last_ts_ms for s in states]
-        )
-        try:
-            rankings = await asyncio.wait_for(model_call, timeout=self._timeout)
-        except TimeoutError:
+        rankings = None
+        if self._model_call is None or self._model_call.done():  # at most one model call in flight
+            self._model_call = asyncio.get_running_loop().run_in_executor(
+                self._model_thread, self._rescorer.rank, states, [s.last_ts_ms for s in states]
+            )
+            try:
+                rankings = await asyncio.wait_for(asyncio.shield(self._model_call), timeout=self._timeout)
+            except TimeoutError:
+                pass
+        if rankings is None:  # the model overran its slot (now or in an earlier batch): the cheap ranking
             self._metrics.budget_misses.labels("rescore").inc()
             rankings = self._rescorer.rank_fallback(states)
         self._metrics.rescore.labels(self._provider).observe(time.perf_counter() - started)
