@@ -53,7 +53,10 @@ class _Deployable:
     module: str = ""
 
     def __init__(self, name: str, run_dir: Path, env: dict[str, str]) -> None:
-        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        # One BLAS thread: the retrieval matmul is small, and a thread pool per process costs more than it
+        # gains on a few cores (measured: 2.3x events per CPU-second, docs/benchmarks.md).
+        threads = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        full_env = {**os.environ, **threads, **env, "PYTHONUNBUFFERED": "1"}
         self.process = ServiceProcess(
             name, [sys.executable, "-m", self.module], run_dir / f"{name}.log", env=full_env, cwd=Path.cwd()
         )

@@ -17,7 +17,9 @@ def test_services_bind_loopback_by_default():
 
 
 def test_no_pickle_eval_or_exec_in_the_code():
-    pattern = re.compile(r"\b(import pickle|pickle\.loads?|cPickle|marshal\.loads|(?<![.\w])eval\(|(?<![.\w])exec\(|yaml\.load\()")
+    pattern = re.compile(
+        r"\b(import pickle|pickle\.loads?|cPickle|marshal\.loads|(?<![.\w])eval\(|(?<![.\w])exec\(|yaml\.load\()"
+    )
     offenders = [
         f"{path.relative_to(ROOT)}:{n}"
         for pkg in PACKAGES
