@@ -24,8 +24,8 @@ from typing import Self
 
 from kafka import KafkaAdminClient
 
-from infra.ports import LOOPBACK, free_port, wait_for_port, wait_until
-from infra.process import ServiceProcess
+from infra.ports import LOOPBACK, wait_for_port, wait_until
+from infra.process import ServiceProcess, start_on_free_port
 from streams.errors import StackError
 
 log = logging.getLogger(__name__)
@@ -133,45 +133,27 @@ class TansuBroker:
         if self.running:
             return self
         binary = tansu_binary()
-        for attempt in range(1, self._attempts + 1):
-            port = self._fixed_port if self._fixed_port is not None else free_port()
-            self._port = port
-            proc = ServiceProcess(
-                "tansu",
-                tansu_argv(binary, port),
-                self.log_path,
-                cwd=self.run_dir,
-                stop_timeout_s=self.stop_timeout_s,
-            )
-            self._proc = proc
-            try:
-                proc.start()
-            except OSError as exc:
-                raise StackError(f"could not execute the broker binary {binary}: {exc}") from exc
-            if self._wait_ready(proc):
-                log.info("tansu broker ready on %s (pid %s, log %s)", self.bootstrap, proc.pid, self.log_path)
-                return self
-            if proc.running:
-                proc.stop()
-                raise StackError(
-                    f"the broker on {self.bootstrap} did not answer a metadata request within "
-                    f"{self.startup_timeout_s:.0f} s; last lines of {self.log_path}:\n{proc.log_tail()}"
-                )
-            if attempt == self._attempts:
-                raise StackError(
-                    f"the broker exited at start with code {proc.returncode} (port {port}); "
-                    f"last lines of {self.log_path}:\n{proc.log_tail()}"
-                )
-            log.warning("tansu exited at start on port %s (code %s); trying another port", port, proc.returncode)
-        raise AssertionError("unreachable")  # pragma: no cover
+        self._proc, self._port = start_on_free_port(
+            "tansu",
+            lambda port: tansu_argv(binary, port),
+            self.log_path,
+            ready=self._wait_ready,
+            waited_for=f"answer a metadata request within {self.startup_timeout_s:.0f} s",
+            fixed_port=self._fixed_port,
+            attempts=self._attempts,
+            cwd=self.run_dir,
+            stop_timeout_s=self.stop_timeout_s,
+        )
+        log.info("tansu broker ready on %s (pid %s, log %s)", self.bootstrap, self._proc.pid, self.log_path)
+        return self
 
-    def _wait_ready(self, proc: ServiceProcess) -> bool:
+    def _wait_ready(self, proc: ServiceProcess, port: int) -> bool:
         def dead() -> bool:
             return not proc.running
 
-        if not wait_for_port(self.port, timeout_s=self.startup_timeout_s, give_up=dead):
+        if not wait_for_port(port, timeout_s=self.startup_timeout_s, give_up=dead):
             return False
-        return wait_until(lambda: metadata_ok(self.bootstrap), self.startup_timeout_s, give_up=dead)
+        return wait_until(lambda: metadata_ok(f"{LOOPBACK}:{port}"), self.startup_timeout_s, give_up=dead)
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL); every topic and record is lost."""

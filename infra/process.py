@@ -15,12 +15,18 @@ from __future__ import annotations
 import atexit
 import ctypes
 import ctypes.util
+import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+from infra.ports import free_port
+from streams.errors import StackError
+
+log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -123,3 +129,45 @@ class ServiceProcess:
             except ProcessLookupError:
                 pass
         proc.wait()
+
+
+def start_on_free_port(
+    name: str,
+    argv_for: Callable[[int], Sequence[str]],
+    log_path: Path,
+    *,
+    ready: Callable[[ServiceProcess, int], bool],
+    waited_for: str,
+    fixed_port: int | None = None,
+    attempts: int = 3,
+    cwd: Path | None = None,
+    stop_timeout_s: float = 5.0,
+) -> tuple[ServiceProcess, int]:
+    """Start ``argv_for(port)`` and wait until ``ready(proc, port)``; return the process and its port.
+
+    A process that exits at start (a port taken meanwhile, say) is retried on another free port, up to
+    ``attempts`` times; with ``fixed_port`` it is tried once. A process that runs but is not ready is
+    stopped. Both raise ``StackError`` with the end of the log; ``waited_for`` says what readiness means.
+    """
+    tries = 1 if fixed_port is not None else max(1, attempts)
+    for attempt in range(1, tries + 1):
+        port = fixed_port if fixed_port is not None else free_port()
+        proc = ServiceProcess(name, argv_for(port), log_path, cwd=cwd, stop_timeout_s=stop_timeout_s)
+        try:
+            proc.start()
+        except OSError as exc:
+            raise StackError(f"could not execute {name} ({proc.argv[0]}): {exc}") from exc
+        if ready(proc, port):
+            return proc, port
+        if proc.running:
+            proc.stop()
+            raise StackError(
+                f"{name} on port {port} did not {waited_for}; last lines of {log_path}:\n{proc.log_tail()}"
+            )
+        if attempt == tries:
+            raise StackError(
+                f"{name} exited at start with code {proc.returncode} (port {port}); "
+                f"last lines of {log_path}:\n{proc.log_tail()}"
+            )
+        log.warning("%s exited at start on port %s (code %s); trying another port", name, port, proc.returncode)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -23,8 +23,8 @@ from typing import Self
 
 import redis
 
-from infra.ports import LOOPBACK, free_port, wait_for_port, wait_until
-from infra.process import ServiceProcess
+from infra.ports import LOOPBACK, wait_for_port, wait_until
+from infra.process import ServiceProcess, start_on_free_port
 from streams.errors import StackError
 
 log = logging.getLogger(__name__)
@@ -148,39 +148,27 @@ class RedisServer:
             return self
         binary = redis_server_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        for attempt in range(1, self._attempts + 1):
-            port = self._fixed_port if self._fixed_port is not None else free_port()
-            self._port = port
-            argv = redis_argv(binary, port, self.data_dir, persistence=self.persistence, password=self.password)
-            proc = ServiceProcess("redis", argv, self.log_path, cwd=self.run_dir, stop_timeout_s=self.stop_timeout_s)
-            self._proc = proc
-            try:
-                proc.start()
-            except OSError as exc:
-                raise StackError(f"could not execute the Redis binary {binary}: {exc}") from exc
-            if self._wait_ready(proc):
-                log.info("redis ready on %s (pid %s, log %s)", self.url, proc.pid, self.log_path)
-                return self
-            if proc.running:
-                proc.stop()
-                raise StackError(
-                    f"Redis on port {port} did not answer PING within {self.startup_timeout_s:.0f} s; "
-                    f"last lines of {self.log_path}:\n{proc.log_tail()}"
-                )
-            if attempt == self._attempts:
-                raise StackError(
-                    f"Redis exited at start with code {proc.returncode} (port {port}); "
-                    f"last lines of {self.log_path}:\n{proc.log_tail()}"
-                )
-            log.warning("redis exited at start on port %s (code %s); trying another port", port, proc.returncode)
-        raise AssertionError("unreachable")  # pragma: no cover
+        self._proc, self._port = start_on_free_port(
+            "redis",
+            lambda port: redis_argv(binary, port, self.data_dir, persistence=self.persistence, password=self.password),
+            self.log_path,
+            ready=self._wait_ready,
+            waited_for=f"answer PING within {self.startup_timeout_s:.0f} s",
+            fixed_port=self._fixed_port,
+            attempts=self._attempts,
+            cwd=self.run_dir,
+            stop_timeout_s=self.stop_timeout_s,
+        )
+        log.info("redis ready on %s (pid %s, log %s)", self.url, self._proc.pid, self.log_path)
+        return self
 
-    def _wait_ready(self, proc: ServiceProcess) -> bool:
+    def _wait_ready(self, proc: ServiceProcess, port: int) -> bool:
         def dead() -> bool:
             return not proc.running
 
-        if not wait_for_port(self.port, timeout_s=self.startup_timeout_s, give_up=dead):
+        if not wait_for_port(port, timeout_s=self.startup_timeout_s, give_up=dead):
             return False
+        self._port = port  # _ping connects to self.port
         return wait_until(self._ping, self.startup_timeout_s, give_up=dead)
 
     def stop(self) -> None:
