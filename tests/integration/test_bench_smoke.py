@@ -10,7 +10,6 @@ import pytest
 
 from loadtests.bench import main
 from loadtests.report import PLOTS
-from streams.settings import DEFAULT_MODEL_DIR
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -19,11 +18,9 @@ def _positive(x: object) -> bool:
     return isinstance(x, int | float) and math.isfinite(x) and x > 0
 
 
-def test_bench_smoke_writes_a_complete_report(tmp_path: Path) -> None:
-    if not (DEFAULT_MODEL_DIR / "manifest.json").is_file():
-        pytest.skip(f"no model bundle at {DEFAULT_MODEL_DIR} (make model)")
+def test_bench_smoke_writes_a_complete_report(tmp_path: Path, quick_bundle: Path) -> None:
     out = tmp_path / "bench"
-    assert main(["--smoke", "--out", str(out)]) == 0
+    assert main(["--smoke", "--out", str(out), "--model-dir", str(quick_bundle)]) == 0
 
     for name in ("results.json", "report.md", *PLOTS):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
