@@ -19,13 +19,12 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from kafka import KafkaAdminClient
 
 from infra.ports import LOOPBACK, wait_for_port, wait_until
-from infra.process import ServiceProcess, start_on_free_port
+from infra.process import LocalService, ServiceProcess, start_on_free_port
 from streams.errors import StackError
 
 log = logging.getLogger(__name__)
@@ -85,8 +84,13 @@ def metadata_ok(bootstrap: str, timeout_s: float = 2.0) -> bool:
         admin.close()
 
 
-class TansuBroker:
-    """One embedded Tansu broker process. Use as a context manager or call ``start()``/``stop()``."""
+class TansuBroker(LocalService):
+    """One embedded Tansu broker process. Use as a context manager or call ``start()``/``stop()``.
+
+    Memory storage: stopping it loses every topic and record.
+    """
+
+    service_name = "broker"
 
     def __init__(
         self,
@@ -110,23 +114,9 @@ class TansuBroker:
         self._proc: ServiceProcess | None = None
 
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise StackError("the broker has not been started")
-        return self._port
-
-    @property
     def bootstrap(self) -> str:
         """``"127.0.0.1:PORT"``, for ``bootstrap_servers``."""
         return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.running
 
     def start(self) -> Self:
         """Start the broker and wait until it answers a metadata request."""
@@ -154,24 +144,3 @@ class TansuBroker:
         if not wait_for_port(port, timeout_s=self.startup_timeout_s, give_up=dead):
             return False
         return wait_until(lambda: metadata_ok(f"{LOOPBACK}:{port}"), self.startup_timeout_s, give_up=dead)
-
-    def stop(self) -> None:
-        """Stop the broker (SIGTERM, then SIGKILL); every topic and record is lost."""
-        if self._proc is not None:
-            self._proc.stop()
-
-    def kill(self) -> None:
-        """SIGKILL the broker at once (fault tests)."""
-        if self._proc is not None:
-            self._proc.kill()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

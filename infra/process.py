@@ -22,6 +22,8 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 from infra.ports import free_port
 from streams.errors import StackError
@@ -171,3 +173,50 @@ def start_on_free_port(
             )
         log.warning("%s exited at start on port %s (code %s); trying another port", name, port, proc.returncode)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+class LocalService:
+    """What the embedded broker and Redis server share: one child process on one loopback port.
+
+    Subclasses set ``_fixed_port``/``_port``/``_proc`` in ``__init__``, implement ``start`` (usually with
+    ``start_on_free_port``) and name themselves in ``service_name`` for error messages.
+    """
+
+    service_name = "service"
+    _port: int | None
+    _proc: ServiceProcess | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise StackError(f"the {self.service_name} has not been started")
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.running
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL after its stop timeout)."""
+        if self._proc is not None:
+            self._proc.stop()
+
+    def kill(self) -> None:
+        """SIGKILL the process at once (fault tests)."""
+        if self._proc is not None:
+            self._proc.kill()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -18,13 +18,12 @@ import importlib
 import logging
 import os
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import redis
 
 from infra.ports import LOOPBACK, wait_for_port, wait_until
-from infra.process import ServiceProcess, start_on_free_port
+from infra.process import LocalService, ServiceProcess, start_on_free_port
 from streams.errors import StackError
 
 log = logging.getLogger(__name__)
@@ -80,8 +79,13 @@ def redis_argv(
     return argv
 
 
-class RedisServer:
-    """One embedded Redis server process. Use as a context manager or call ``start()``/``stop()``."""
+class RedisServer(LocalService):
+    """One embedded Redis server process. Use as a context manager or call ``start()``/``stop()``.
+
+    Without ``persistence`` stopping it loses all data.
+    """
+
+    service_name = "Redis server"
 
     def __init__(
         self,
@@ -111,23 +115,9 @@ class RedisServer:
         self._proc: ServiceProcess | None = None
 
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise StackError("the Redis server has not been started")
-        return self._port
-
-    @property
     def url(self) -> str:
         """``redis://127.0.0.1:PORT/0`` (without the password; see ``password``)."""
         return f"redis://{LOOPBACK}:{self.port}/0"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.running
 
     def client(self, **kwargs: object) -> redis.Redis:
         """A new redis-py client for this server; the caller closes it."""
@@ -170,24 +160,3 @@ class RedisServer:
             return False
         self._port = port  # _ping connects to self.port
         return wait_until(self._ping, self.startup_timeout_s, give_up=dead)
-
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL). Without ``persistence`` all data is lost."""
-        if self._proc is not None:
-            self._proc.stop()
-
-    def kill(self) -> None:
-        """SIGKILL the server at once (fault tests)."""
-        if self._proc is not None:
-            self._proc.kill()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
