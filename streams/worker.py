@@ -24,7 +24,7 @@ from streams.app import create_app
 from streams.errors import SegueError
 from streams.metrics import Metrics
 from streams.pipeline import Processor
-from streams.session import Dynamics
+from streams.session import Dynamics, SessionState
 from streams.settings import WorkerSettings
 from streams.stores import RedisStore
 from streams.topics import ensure_topics
@@ -78,6 +78,9 @@ def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None =
         dynamics_from(settings),
         rescore_timeout_s=scoring.rescore_timeout_ms / 1000,
     )
+    # Warm the model up: ONNX Runtime's first run allocates and plans, and would overrun the first batch's
+    # rescoring slot.
+    rescorer.rank([SessionState.empty(catalog.dim)], [0])
     return Runtime(settings, metrics, catalog, scorer, processor)
 
 

@@ -26,7 +26,11 @@ N_USERS = 30
 def test_recommendations_follow_each_users_latest_events(
     embedded_stack, unique_topics, redis_prefix, quick_bundle, tmp_path
 ):
-    settings = worker_settings(embedded_stack, unique_topics, redis_prefix, quick_bundle, tmp_path)
+    # This test is about the model's ranking: give it a slot a loaded test machine cannot overrun (the
+    # fallback within a tight slot is tested in test_slow_model.py).
+    settings = worker_settings(
+        embedded_stack, unique_topics, redis_prefix, quick_bundle, tmp_path, rescore_timeout_ms=2000.0
+    )
     world = world_from_manifest(read_manifest(quick_bundle))
     catalog = Catalog.load(quick_bundle)
     rng = np.random.default_rng(3)
