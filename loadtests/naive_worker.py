@@ -22,8 +22,8 @@ from serving.rescore import Rescorer, to_record
 from serving.retrieval import ExactRetriever
 from streams.app import create_app
 from streams.errors import InvalidEvent
-from streams.records import decode_event, encode_record, event_type
-from streams.session import SessionState, apply_event
+from streams.records import decode_message, encode_record, event_type
+from streams.session import SessionState, apply_event, stream_position
 from streams.settings import WorkerSettings
 from streams.stores import RedisStore
 from streams.worker import Runtime, build_runtime, dynamics_from
@@ -48,42 +48,49 @@ def build_naive_app(rt: Runtime) -> faust.App:
     async def handle(stream: faust.StreamT) -> None:
         async for event in stream.events():
             msg = event.message
-            try:
-                ev = decode_event(msg.value)
-                index = catalog.lookup(ev.track_id)
-                if index is None:
-                    raise InvalidEvent("unknown_track", ev.track_id)
-            except InvalidEvent as exc:
-                m.events.labels("invalid", "dead_letter").inc()
-                m.dead_letters.labels(exc.reason).inc()
-                continue
             ts_ms = int(msg.timestamp * 1000)
-            (before,) = await store.get_states([ev.user_id])
-            state = before if before is not None else SessionState.empty(catalog.dim)
-            after = apply_event(state, ev, index, items[index], dyn, msg.partition, msg.offset)
-            if after is state:
-                m.events.labels(event_type(ev), "duplicate").inc()
-                continue
-            expected = {ev.user_id: before.version if before is not None else None}
-            await store.put_states({ev.user_id: after}, expected)
-            started = time.perf_counter()
-            (ranking,) = rescorer.rank([after], [after.last_ts_ms])
-            m.rescore.labels(rt.scorer.provider).observe(time.perf_counter() - started)
-            rec = to_record(
-                ev.user_id,
-                ranking,
-                catalog.track_ids,
-                catalog.model_version,
-                rt.scorer.provider,
-                generated_ms=time.time_ns() // 1_000_000,
-                session_id=after.session_id,
-                event_id=ev.event_id,
-                event_ms=ts_ms,
-            )
-            await store.put_recommendations([rec])
-            await recs_topic.send(key=ev.user_id.encode(), value=encode_record(rec))
-            m.events.labels(event_type(ev), "applied").inc()
-            m.event_to_recs.observe(max(0.0, time.time() - ts_ms / 1000.0))
+            for index_in_message, (_, decoded) in enumerate(decode_message(msg.value)):
+                await handle_one(decoded, msg, ts_ms, stream_position(msg.offset, index_in_message))
+
+    async def handle_one(decoded: object, msg: object, ts_ms: int, position: int) -> None:
+        """One event, the tutorial way: read the state, apply, write, rescore, write, send."""
+        try:
+            if isinstance(decoded, InvalidEvent):
+                raise decoded
+            ev = decoded
+            index = catalog.lookup(ev.track_id)
+            if index is None:
+                raise InvalidEvent("unknown_track", ev.track_id)
+        except InvalidEvent as exc:
+            m.events.labels("invalid", "dead_letter").inc()
+            m.dead_letters.labels(exc.reason).inc()
+            return
+        (before,) = await store.get_states([ev.user_id])
+        state = before if before is not None else SessionState.empty(catalog.dim)
+        after = apply_event(state, ev, index, items[index], dyn, msg.partition, position)
+        if after is state:
+            m.events.labels(event_type(ev), "duplicate").inc()
+            return
+        expected = {ev.user_id: before.version if before is not None else None}
+        await store.put_states({ev.user_id: after}, expected)
+        started = time.perf_counter()
+        (ranking,) = rescorer.rank([after], [after.last_ts_ms])
+        m.rescore.labels(rt.scorer.provider).observe(time.perf_counter() - started)
+        rec = to_record(
+            ev.user_id,
+            ranking,
+            catalog.track_ids,
+            catalog.model_version,
+            rt.scorer.provider,
+            generated_ms=time.time_ns() // 1_000_000,
+            session_id=after.session_id,
+            event_id=ev.event_id,
+            event_ms=ts_ms,
+        )
+        await store.put_recommendations([rec])
+        await recs_topic.send(key=ev.user_id.encode(), value=encode_record(rec))
+        m.events.labels(event_type(ev), "applied").inc()
+        m.event_to_recs.observe(max(0.0, time.time() - ts_ms / 1000.0))
 
     @app.on_partitions_assigned.connect
     async def _assigned(sender: object, assigned: set, **kwargs: object) -> None:  # noqa: ARG001

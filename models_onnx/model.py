@@ -55,17 +55,23 @@ class SessionScorer(nn.Module):
         taste_u, taste_n = _unit(taste)
         cand_u, _ = _unit(candidates)  # [B, K, D]
 
-        p_pos = cand_u * pos_u.unsqueeze(1)  # [B, K, D]
-        p_neg = cand_u * neg_u.unsqueeze(1)
-        p_taste = cand_u * taste_u.unsqueeze(1)
-        cos = torch.stack([p_pos.sum(-1), p_neg.sum(-1), p_taste.sum(-1)], dim=-1)  # [B, K, 3]
-
         user = torch.cat([context, torch.log1p(pos_n), torch.log1p(neg_n), torch.log1p(taste_n)], dim=-1)  # [B, U]
         sign = torch.tensor([1.0, -1.0, 1.0])
         weights = nn.functional.softplus(self.gate(user)) * sign  # [B, 3]
-        linear = (cos * weights.unsqueeze(1)).sum(-1)  # [B, K]
+        states = torch.stack([pos_u, neg_u, taste_u], dim=1)  # [B, 3, D]
 
-        pair = torch.cat([cos, p_pos, p_neg, p_taste], dim=-1)  # [B, K, 3 + 3D]
-        hidden = self.pair(pair) + self.user(user).unsqueeze(1)  # [B, K, H]
+        # The pair layer reads [cos, c*pos, c*neg, c*taste]; each part is linear in the candidate c, so the
+        # layer folds into one per-user matrix M [B, H, D] applied to c: K*D*H multiply-adds per user instead
+        # of K*(3+3D)*H, and no [B, K, 3+3D] tensor. The linear cosine term folds in as one more row.
+        d = self.dim
+        w = self.pair.weight  # [H, 3 + 3D], columns: cos(3), pos(D), neg(D), taste(D)
+        per_state = torch.stack(
+            [w[:, 3 + i * d : 3 + (i + 1) * d] + w[:, i : i + 1] for i in range(3)], dim=0
+        )  # [3, H, D]
+        m = (per_state.unsqueeze(0) * states.unsqueeze(2)).sum(1)  # [B, H, D]
+        q = (weights.unsqueeze(-1) * states).sum(1, keepdim=True)  # [B, 1, D]
+        out = torch.matmul(cand_u, torch.cat([m, q], dim=1).transpose(1, 2))  # [B, K, H + 1]
+        hidden = out[..., :-1] + (self.user(user) + self.pair.bias).unsqueeze(1)  # [B, K, H]
+        linear = out[..., -1]  # [B, K]
         residual = self.head(hidden).squeeze(-1)  # [B, K]
         return linear + residual + self.bias

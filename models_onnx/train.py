@@ -38,7 +38,7 @@ from streams.session import SKIPPED
 class TrainConfig:
     seed: int = 7
     dim: int = 32
-    hidden: int = 64
+    hidden: int = 32  # 64 scored no better on held-out data and costs twice the CPU per candidate
     n_users: int = 2000
     sessions_per_user: int = 4
     events_per_session: int = 20
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--quick", action="store_true", help="small run for tests and smoke checks")
     p.add_argument("--dim", type=int, default=32, help="item embedding size")
+    p.add_argument("--hidden", type=int, default=None, help="width of the scorer's hidden layers")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig.quick(args.seed, args.dim) if args.quick else TrainConfig(seed=args.seed, dim=args.dim)
     if args.epochs is not None:
         cfg = replace(cfg, fit=replace(cfg.fit, epochs=args.epochs))
+    if args.hidden is not None:
+        cfg = replace(cfg, hidden=args.hidden)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # deterministic and fast enough for this model size
     try:

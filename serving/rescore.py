@@ -12,7 +12,10 @@ from typing import Protocol
 
 import numpy as np
 
+from serving.diversity import Preferences, rerank, seed_for
+from serving.explain import KIND_EXPLORED, KIND_PINNED, KIND_RANKED, POPULAR, SESSION_FIT, Explainer, Explanations
 from serving.retrieval import Retriever
+from serving.rules import ActiveRules, place_pins
 from streams.records import Recommendations, RecommendedTrack
 from streams.session import SessionState, context_features, query_vector
 
@@ -37,11 +40,15 @@ class Scorer(Protocol):
 
 @dataclass(frozen=True)
 class Ranking:
-    """Ranked track indices (best first) and their scores for one user. ``fallback``: not model-scored."""
+    """Ranked track indices (best first) and their scores for one user. ``fallback``: not model-scored.
+
+    ``scores`` are the model's plus any editorial boost; ``reasons``: why each track is there, when explained.
+    """
 
     indices: np.ndarray
     scores: np.ndarray
     fallback: bool = False
+    reasons: Explanations | None = None
 
 
 class Rescorer:
@@ -54,20 +61,37 @@ class Rescorer:
         scorer: Scorer,
         n_candidates: int = 200,
         n_recs: int = 20,
+        explainer: Explainer | None = None,
     ) -> None:
+        self._explainer = explainer
         self._items = embeddings
         self._retriever = retriever
         self._scorer = scorer
         self.n_candidates = n_candidates
         self.n_recs = n_recs
 
-    def rank(self, states: Sequence[SessionState], now_ms: Sequence[int]) -> list[Ranking]:
-        """Rank for every state; ``now_ms[i]`` is the time the ranking is for (drives time-of-day context)."""
+    def rank(
+        self,
+        states: Sequence[SessionState],
+        now_ms: Sequence[int],
+        *,
+        prefs: Sequence[Preferences] | None = None,
+        rules: ActiveRules | None = None,
+        users: Sequence[str] | None = None,
+    ) -> list[Ranking]:
+        """Rank for every state; ``now_ms[i]`` is the time the ranking is for (drives time-of-day context).
+
+        ``prefs[i]``: the user's exploration/diversity knob (default: none); ``rules``: editorial rules in force;
+        ``users[i]``: the user id, which seeds the exploratory picks (default: the session id)."""
         if not states:
             return []
         queries = np.stack([query_vector(s) for s in states])  # [B, D]
         exclude = [set(s.recent) for s in states]
         idx, sims = self._retriever.search(queries, exclude, self.n_candidates)  # [B, K]
+        if rules is not None and rules.pins:  # pinned tracks are scored too, as extra columns
+            pinned = np.asarray([i for _, i in rules.pins], dtype=idx.dtype)
+            idx = np.concatenate([idx, np.broadcast_to(pinned, (len(states), len(pinned)))], axis=1)
+            sims = np.concatenate([sims, np.zeros((len(states), len(pinned)), sims.dtype)], axis=1)
         try:
             scores = self._scorer.score(
                 np.stack([s.pos for s in states]),
@@ -80,19 +104,109 @@ class Rescorer:
         except Exception:  # noqa: BLE001 - a model failure must not stop recommendations
             log.exception("session model failed; ranking by retrieval similarity instead")
             scores, fallback = sims, True
-        top = min(self.n_recs, idx.shape[1])
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :top]  # [B, n]
-        ranked_idx = np.take_along_axis(idx, order, axis=1)
-        ranked_scores = np.take_along_axis(scores, order, axis=1)
-        return [Ranking(ranked_idx[b], ranked_scores[b], fallback) for b in range(len(states))]
+        return self._select(states, now_ms, idx, scores, fallback, prefs, rules, users)
 
-    def rank_fallback(self, states: Sequence[SessionState]) -> list[Ranking]:
-        """The cheap ranking: retrieval similarity only, no model call."""
+    def rank_fallback(self, states: Sequence[SessionState], rules: ActiveRules | None = None) -> list[Ranking]:
+        """The cheap ranking: retrieval similarity only, no model call (editorial blocks and pins still hold)."""
         if not states:
             return []
         queries = np.stack([query_vector(s) for s in states])
-        idx, sims = self._retriever.search(queries, [set(s.recent) for s in states], self.n_recs)
-        return [Ranking(idx[b], sims[b], True) for b in range(len(states))]
+        if rules is None or rules.empty:
+            idx, sims = self._retriever.search(queries, [set(s.recent) for s in states], self.n_recs)
+            return [Ranking(idx[b], sims[b], True, self._uniform(len(idx[b]), True)) for b in range(len(states))]
+        idx, sims = self._retriever.search(queries, [set(s.recent) for s in states], self.n_candidates)
+        if rules.pins:
+            pinned = np.asarray([i for _, i in rules.pins], dtype=idx.dtype)
+            idx = np.concatenate([idx, np.broadcast_to(pinned, (len(states), len(pinned)))], axis=1)
+            sims = np.concatenate([sims, np.zeros((len(states), len(pinned)), sims.dtype)], axis=1)
+        no_boost = ActiveRules(rules.blocked, np.zeros_like(rules.boost), rules.pins, rules.valid_until_ms, rules.count)
+        return self._select(states, [s.last_ts_ms for s in states], idx, sims, True, None, no_boost, None)
+
+    def _uniform(self, n: int, fallback: bool, kinds: np.ndarray | None = None) -> Explanations | None:
+        if self._explainer is None:
+            return None
+        return Explanations.uniform(n, SESSION_FIT, kinds)
+
+    def _select(
+        self,
+        states: Sequence[SessionState],
+        now_ms: Sequence[int],
+        idx: np.ndarray,  # int64 [B, K]
+        scores: np.ndarray,  # float32 [B, K]
+        fallback: bool,
+        prefs: Sequence[Preferences] | None,
+        rules: ActiveRules | None,
+        users: Sequence[str] | None,
+    ) -> list[Ranking]:
+        """The top ``n_recs`` per user: blocks and boosts, then the knob (MMR, exploratory picks), then pins."""
+        n = self.n_recs
+        plain = (rules is None or rules.empty) and (prefs is None or all(p.neutral for p in prefs))
+        if plain:  # the plain score order, vectorised: exactly the ranking without rules and knob
+            order = np.argsort(-scores, axis=1, kind="stable")[:, : min(n, idx.shape[1])]  # [B, n]
+            ranked_idx = np.take_along_axis(idx, order, axis=1)
+            ranked_scores = np.take_along_axis(scores, order, axis=1)
+            picks = [ranked_idx[b] for b in range(len(states))]
+            finals = [ranked_scores[b] for b in range(len(states))]
+            base = finals
+            boosts = [np.zeros(len(p), np.float32) for p in picks]
+            kinds = [np.full(len(p), KIND_RANKED, np.int8) for p in picks]
+        else:
+            picks, finals, base, boosts, kinds = [], [], [], [], []
+            for b, state in enumerate(states):
+                pref = prefs[b] if prefs is not None else Preferences()
+                user = users[b] if users is not None else state.session_id
+                p, f, m, bo, k = self._select_one(state, now_ms[b], idx[b], scores[b], pref, rules, user)
+                picks.append(p)
+                finals.append(f)
+                base.append(m)
+                boosts.append(bo)
+                kinds.append(k)
+        reasons: list[Explanations | None] = [
+            self._uniform(len(p), fallback, k) for p, k in zip(picks, kinds, strict=True)
+        ]
+        if self._explainer is not None and not fallback:
+            try:
+                reasons = list(self._explainer.explain(states, now_ms, picks, base, boosts, kinds))
+            except Exception:  # noqa: BLE001 - explanations must never cost the recommendations
+                log.exception("explaining the rankings failed; serving them without reasons")
+                reasons = [None] * len(states)
+        return [Ranking(picks[b], finals[b], fallback, reasons[b]) for b in range(len(states))]
+
+    def _select_one(
+        self,
+        state: SessionState,
+        now_ms: int,
+        cand: np.ndarray,  # int64 [K]
+        model: np.ndarray,  # float32 [K]
+        pref: Preferences,
+        rules: ActiveRules | None,
+        user: str,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(track indices, final scores, model scores, boosts, kinds) of one user's list."""
+        boost = rules.boost[cand] if rules is not None else np.zeros(len(cand), np.float32)
+        adjusted = (model + boost).astype(np.float32)
+        pins = rules.pins if rules is not None else ()
+        if rules is not None:
+            adjusted[rules.blocked[cand]] = -np.inf  # before the top-n is chosen: the list stays full
+        if pins:  # pinned tracks are placed after ranking, never ranked as well
+            adjusted[np.isin(cand, [i for _, i in pins])] = -np.inf
+        rng = np.random.default_rng(seed_for(user, now_ms))
+        chosen, explored = rerank(adjusted, self._items[cand], self.n_recs, pref, rng)
+        column = {int(cand[c]): int(c) for c in chosen}
+        kind_of = {int(cand[c]): KIND_EXPLORED if e else KIND_RANKED for c, e in zip(chosen, explored, strict=True)}
+        tracks, pinned = place_pins([int(cand[c]) for c in chosen], pins, self.n_recs, set(state.recent))
+        for t in pinned:
+            column[t] = int(np.flatnonzero(cand == t)[0])
+            kind_of[t] = KIND_PINNED
+        cols = np.asarray([column[t] for t in tracks], dtype=np.int64)
+        kinds = np.asarray([kind_of[t] for t in tracks], dtype=np.int8)
+        return (
+            np.asarray(tracks, dtype=np.int64),
+            (model[cols] + boost[cols]).astype(np.float32),
+            model[cols].astype(np.float32),
+            boost[cols].astype(np.float32),
+            kinds,
+        )
 
 
 def to_record(
@@ -108,9 +222,10 @@ def to_record(
     event_ms: int = 0,
 ) -> Recommendations:
     """A ``Recommendations`` record for one user's ranking."""
+    reasons = ranking.reasons.reasons(track_ids) if ranking.reasons is not None else [None] * len(ranking.indices)
     items = [
-        RecommendedTrack(track_id=track_ids[int(i)], score=round(float(s), 5), rank=r + 1)
-        for r, (i, s) in enumerate(zip(ranking.indices, ranking.scores, strict=True))
+        RecommendedTrack(track_id=track_ids[int(i)], score=round(float(s), 5), rank=r + 1, reason=why)
+        for r, (i, s, why) in enumerate(zip(ranking.indices, ranking.scores, reasons, strict=True))
     ]
     return Recommendations(
         user_id=user_id,
@@ -125,7 +240,15 @@ def to_record(
     )
 
 
-def popularity_ranking(popularity: np.ndarray, n: int) -> Ranking:
-    """The cold-start ranking: the ``n`` most popular tracks."""
-    top = np.argsort(-popularity, kind="stable")[:n]
-    return Ranking(top, popularity[top].astype(np.float32), fallback=True)
+def popularity_ranking(popularity: np.ndarray, n: int, rules: ActiveRules | None = None) -> Ranking:
+    """The cold-start ranking: the ``n`` most popular tracks (not blocked; pins placed), reason ``popular``."""
+    if rules is None or rules.empty:
+        top = np.argsort(-popularity, kind="stable")[:n]
+        return Ranking(top, popularity[top].astype(np.float32), True, Explanations.uniform(len(top), POPULAR))
+    masked = np.where(rules.blocked, -np.inf, popularity)
+    masked[[i for _, i in rules.pins]] = -np.inf
+    order = [int(i) for i in np.argsort(-masked, kind="stable")[:n] if np.isfinite(masked[i])]
+    tracks, pinned = place_pins(order, rules.pins, n, set())
+    kinds = np.asarray([KIND_PINNED if t in pinned else KIND_RANKED for t in tracks], np.int8)
+    top = np.asarray(tracks, dtype=np.int64)
+    return Ranking(top, popularity[top].astype(np.float32), True, Explanations.uniform(len(top), POPULAR, kinds))

@@ -25,10 +25,10 @@ from streams.records import (
     DeadLetter,
     Event,
     Recommendations,
-    decode_event,
+    decode_message,
     event_type,
 )
-from streams.session import Dynamics, SessionState, apply_event
+from streams.session import Dynamics, SessionState, apply_event, stream_position
 from streams.stores import Store
 
 
@@ -59,7 +59,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-Pending = list[tuple[Event, int, Incoming]]
+Pending = list[tuple[Event, int, Incoming, int]]  # event, track index, its message, its stream position
 
 
 class Processor:
@@ -111,23 +111,25 @@ class Processor:
     def _validate(self, batch: Sequence[Incoming], out: BatchOutcome) -> dict[str, Pending]:
         per_user: dict[str, Pending] = {}
         for msg in batch:
-            event: Event | None = None
-            try:
-                event = decode_event(msg.value)  # type: ignore[arg-type]
-                index = self._catalog.lookup(event.track_id)
-                if index is None:
-                    raise InvalidEvent(UNKNOWN_TRACK, f"track {event.track_id!r} is not in the catalog")
-                if event.ts_ms > msg.timestamp_ms + self._max_skew_ms:
-                    raise InvalidEvent(
-                        FUTURE_TIMESTAMP,
-                        f"ts_ms {event.ts_ms} is more than {self._max_skew_ms} ms after the broker time "
-                        f"{msg.timestamp_ms}: fix the client clock",
-                    )
-            except InvalidEvent as exc:
-                kind = event_type(event) if event is not None else "invalid"
-                out.dead_letters.append(self._dead_letter(msg, exc, kind))
-                continue
-            per_user.setdefault(event.user_id, []).append((event, index, msg))
+            for index, (payload, decoded) in enumerate(decode_message(msg.value)):
+                try:
+                    if isinstance(decoded, InvalidEvent):
+                        raise decoded
+                    event = decoded
+                    track = self._catalog.lookup(event.track_id)
+                    if track is None:
+                        raise InvalidEvent(UNKNOWN_TRACK, f"track {event.track_id!r} is not in the catalog")
+                    if event.ts_ms > msg.timestamp_ms + self._max_skew_ms:
+                        raise InvalidEvent(
+                            FUTURE_TIMESTAMP,
+                            f"ts_ms {event.ts_ms} is more than {self._max_skew_ms} ms after the broker time "
+                            f"{msg.timestamp_ms}: fix the client clock",
+                        )
+                except InvalidEvent as exc:
+                    kind = event_type(decoded) if not isinstance(decoded, InvalidEvent) else "invalid"
+                    out.dead_letters.append(self._dead_letter(msg, exc, kind, payload, index))
+                    continue
+                per_user.setdefault(event.user_id, []).append((event, track, msg, stream_position(msg.offset, index)))
         return per_user
 
     async def _apply_all(self, per_user: dict[str, Pending], out: BatchOutcome) -> dict[str, SessionState]:
@@ -168,8 +170,8 @@ class Processor:
         current = state if state is not None else SessionState.empty(self._catalog.dim)
         items = self._catalog.embeddings
         outcomes: list[tuple[str, int | None]] = []
-        for event, index, msg in events:
-            after = apply_event(current, event, index, items[index], self._dyn, msg.partition, msg.offset)
+        for event, index, msg, position in events:
+            after = apply_event(current, event, index, items[index], self._dyn, msg.partition, position)
             outcomes.append((event_type(event), None if after is current else msg.timestamp_ms))
             current = after
         return current, outcomes
@@ -196,7 +198,7 @@ class Processor:
         generated = self._clock()
         recs = []
         for user, state, ranking in zip(users, states, rankings, strict=True):
-            last_event, _, last_msg = per_user[user][-1]
+            last_event, _, last_msg, _ = per_user[user][-1]
             self._metrics.recommendations.labels("fallback" if ranking.fallback else "model").inc()
             recs.append(
                 to_record(
@@ -213,8 +215,7 @@ class Processor:
             )
         return recs
 
-    def _dead_letter(self, msg: Incoming, exc: InvalidEvent, kind: str) -> DeadLetter:
-        raw = msg.value or b""
+    def _dead_letter(self, msg: Incoming, exc: InvalidEvent, kind: str, raw: bytes, index: int) -> DeadLetter:
         self._metrics.dead_letters.labels(exc.reason).inc()
         self._metrics.events.labels(kind, "dead_letter").inc()
         return DeadLetter(
@@ -227,4 +228,5 @@ class Processor:
             value=raw[:DEAD_LETTER_VALUE_MAX].decode("utf-8", "replace"),
             size=len(raw),
             failed_ms=self._clock(),
+            index=index,
         )

@@ -16,6 +16,9 @@ from streams.errors import InvalidEvent
 
 SCHEMA_VERSION: Final = 1
 MAX_EVENT_BYTES: Final = 4096
+# A message may carry a batch: a JSON array of events (see docs/events.md, "Batches").
+MAX_BATCH_EVENTS: Final = 4096
+MAX_BATCH_BYTES: Final = 1_048_576
 # Client timestamps (ms since the Unix epoch) outside this window are rejected as invalid.
 MIN_TS_MS: Final = 1_000_000_000_000  # 2001-09-09
 MAX_TS_MS: Final = 4_102_444_800_000  # 2100-01-01
@@ -38,6 +41,7 @@ MISSING_FIELD: Final = "missing_field"
 INVALID_FIELD: Final = "invalid_field"
 UNKNOWN_TRACK: Final = "unknown_track"
 FUTURE_TIMESTAMP: Final = "future_timestamp"
+WRONG_PARTITION: Final = "wrong_partition"
 REASONS: Final = (
     MALFORMED_JSON,
     OVERSIZED,
@@ -46,6 +50,7 @@ REASONS: Final = (
     INVALID_FIELD,
     UNKNOWN_TRACK,
     FUTURE_TIMESTAMP,
+    WRONG_PARTITION,
 )
 
 
@@ -108,6 +113,48 @@ def decode_event(raw: bytes | bytearray | memoryview | str) -> Event:
         raise InvalidEvent(MALFORMED_JSON, str(exc)) from None
 
 
+_batch_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def decode_message(raw: bytes | bytearray | memoryview | None) -> list[tuple[bytes, Event | InvalidEvent]]:
+    """Decode one broker message: a single event (a JSON object) or a batch (a JSON array of events).
+
+    Returns (payload, event or the error that rejects it) per event, in message order, so one bad event
+    in a batch is dead-lettered alone. A message that is not JSON at all, an over-long batch or an empty one
+    yields a single error for the whole message.
+    """
+    if raw is None or len(raw) == 0:
+        return [(b"", InvalidEvent(MALFORMED_JSON, "empty message value"))]
+    data = bytes(raw)
+    if data.lstrip()[:1] != b"[":
+        try:
+            return [(data, decode_event(data))]
+        except InvalidEvent as exc:
+            return [(data, exc)]
+    if len(data) > MAX_BATCH_BYTES:
+        return [(data, InvalidEvent(OVERSIZED, f"batch is {len(data)} bytes, the limit is {MAX_BATCH_BYTES}"))]
+    try:
+        parts = _batch_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return [(data, InvalidEvent(MALFORMED_JSON, f"batch is not a JSON array of events: {exc}"))]
+    if not parts or len(parts) > MAX_BATCH_EVENTS:
+        why = "batch is empty" if not parts else f"batch has {len(parts)} events, the limit is {MAX_BATCH_EVENTS}"
+        return [(data, InvalidEvent(OVERSIZED if parts else MALFORMED_JSON, why))]
+    out: list[tuple[bytes, Event | InvalidEvent]] = []
+    for part in parts:
+        payload = bytes(part)
+        try:
+            out.append((payload, decode_event(payload)))
+        except InvalidEvent as exc:
+            out.append((payload, exc))
+    return out
+
+
+def encode_batch(events: list[Event]) -> bytes:
+    """Encode events as one batch message (a JSON array)."""
+    return _encoder.encode(events)
+
+
 def _classify(message: str) -> str:
     if "missing required field" in message:
         return MISSING_FIELD
@@ -132,12 +179,27 @@ RECOMMENDATIONS_VERSION: Final = 1
 DEAD_LETTER_VERSION: Final = 1
 
 
-class RecommendedTrack(msgspec.Struct, frozen=True):
-    """One ranked track: its id, the model's score and its 1-based rank."""
+class Reason(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Why a track was recommended (docs/explanations.md): a ``code`` (``serving.explain.REASON_CODES``),
+    the cited track (the liked, played or skipped one; "" for none), its contribution to the score, and the
+    sentence (``text``), which is rendered when the list is read and left out of what is stored."""
+
+    code: str
+    track_id: str = ""
+    contribution: float = 0.0
+    text: str = ""
+
+
+class RecommendedTrack(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One ranked track: its id, the model's score, its 1-based rank and, optionally, why (``reason``).
+
+    ``reason`` is an optional v1 field: absent when the list carries no explanations; v1 readers that do
+    not know it ignore it."""
 
     track_id: str
     score: float
     rank: int
+    reason: Reason | None = None
 
 
 class Recommendations(msgspec.Struct, frozen=True, kw_only=True):
@@ -175,6 +237,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     value: str
     size: int
     failed_ms: int
+    index: int = 0  # position of the event in a batch message (0 for a single-event message)
 
 
 DEAD_LETTER_VALUE_MAX: Final = 2048

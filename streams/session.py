@@ -9,7 +9,7 @@ State, per user (format v1, see ``streams.state_codec`` and docs/state.md):
 * ``neg``   float32 [dim]  decayed sum of what the session skipped
 * ``taste`` float32 [dim]  long-term taste: a slow average of positives across sessions
 * ``recent`` track indices, most recent last, with outcome codes (played, skipped, liked)
-* counters of the current session, its id and bounds, the last applied Kafka offset, and the ids of the
+* counters of the current session, its id and bounds, the stream position of the last applied event, and the ids of the
   most recent events, which make ``apply_event`` idempotent under redelivery.
 """
 
@@ -22,7 +22,7 @@ from typing import Final
 
 import numpy as np
 
-from streams.records import Event, Like, Play, Skip
+from streams.records import MAX_BATCH_EVENTS, Event, Like, Play, Skip
 
 PLAYED: Final = 0
 SKIPPED: Final = 1
@@ -67,7 +67,7 @@ class SessionState:
     last_outcome: int = -1
     seen_ids: tuple[int, ...] = ()  # 64-bit digests of the last applied event ids (``id_digest``)
     partition: int = -1  # Kafka partition of the last applied event, -1 if none
-    offset: int = -1  # last applied offset in that partition, -1 if none
+    position: int = -1  # stream position (``stream_position``) of the last applied event, -1 if none
     version: int = 0  # number of events ever applied; bumps on every change
 
     @property
@@ -85,9 +85,15 @@ def id_digest(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 
-def is_duplicate(state: SessionState, event_id: str, partition: int | None = None, offset: int | None = None) -> bool:
-    """True if this event was already applied: by its id, or by its Kafka position in the user's partition."""
-    if offset is not None and partition == state.partition and 0 <= offset <= state.offset:
+def stream_position(offset: int, index: int = 0) -> int:
+    """The position of an event in its partition: the message's Kafka offset and the event's index in the
+    message (0 unless the message is a batch). Positions grow with offsets, and with indices inside a batch."""
+    return offset * MAX_BATCH_EVENTS + index
+
+
+def is_duplicate(state: SessionState, event_id: str, partition: int | None = None, position: int | None = None) -> bool:
+    """True if this event was already applied: by its id, or by its position in the user's partition."""
+    if position is not None and partition == state.partition and 0 <= position <= state.position:
         return True
     return id_digest(event_id) in state.seen_ids
 
@@ -114,14 +120,15 @@ def apply_event(
     item: np.ndarray,
     dyn: Dynamics = Dynamics(),
     partition: int | None = None,
-    offset: int | None = None,
+    position: int | None = None,
 ) -> SessionState:
     """Apply one validated event for a known track (``item`` is its embedding) and return the new state.
 
-    Idempotent: an event whose id (or offset) was already applied returns ``state`` unchanged.
+    Idempotent: an event whose id (or stream position, see ``stream_position``) was already applied returns
+    ``state`` unchanged.
     Events older than the current session's last event still count but never move the session bounds.
     """
-    if is_duplicate(state, event.event_id, partition, offset):
+    if is_duplicate(state, event.event_id, partition, position):
         return state
 
     new_session = state.events == 0 or (event.ts_ms - state.last_ts_ms) > dyn.gap_ms
@@ -180,7 +187,7 @@ def apply_event(
         last_outcome=outcome,
         seen_ids=seen,
         partition=partition if partition is not None else state.partition,
-        offset=offset if offset is not None else state.offset,
+        position=position if position is not None else state.position,
         version=state.version + 1,
     )
 

@@ -1,7 +1,12 @@
-"""Session state encoding in Redis, format v1 (see docs/state.md).
+"""Session state encoding in Redis, format v2 (see docs/state.md); format v1 is still read.
 
-One MessagePack value per user. Vectors are raw little-endian float32 bytes. The first field is the format
-version; a decoder meeting a newer version refuses it rather than guessing.
+One MessagePack value per user. Vectors are raw little-endian float32 bytes, recent track indices raw
+little-endian uint16 (uint32 for catalogs over 65,535 tracks). The first field is the format version; a
+decoder meeting a newer version refuses it rather than guessing.
+
+v2 against v1: the last applied event is kept as a stream position (``streams.session.stream_position``:
+offset and index inside a batch message) instead of a bare offset, and recent indices are packed. A v1 state's
+offset ``o`` reads as position ``stream_position(o)``: v1 messages held one event each.
 """
 
 from __future__ import annotations
@@ -12,9 +17,9 @@ import msgspec
 import numpy as np
 
 from streams.errors import StateFormatError
-from streams.session import SessionState
+from streams.session import SessionState, stream_position
 
-STATE_FORMAT: Final = 1
+STATE_FORMAT: Final = 2
 
 
 class _StateV1(msgspec.Struct, array_like=True, frozen=True):
@@ -39,20 +44,45 @@ class _StateV1(msgspec.Struct, array_like=True, frozen=True):
     version: int
 
 
+class _StateV2(msgspec.Struct, array_like=True, frozen=True):
+    fmt: int
+    dim: int
+    pos: bytes
+    neg: bytes
+    taste: bytes
+    recent: bytes  # little-endian uint16, or uint32 when ``wide``
+    wide: bool
+    outcomes: bytes
+    session_id: str
+    session_start_ms: int
+    last_ts_ms: int
+    plays: int
+    skips: int
+    likes: int
+    events: int
+    last_outcome: int
+    seen_ids: bytes  # little-endian uint64 digests
+    partition: int
+    position: int
+    version: int
+
+
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(_StateV1)
+_decoders = {1: msgspec.msgpack.Decoder(_StateV1), 2: msgspec.msgpack.Decoder(_StateV2)}
 
 
 def encode_state(state: SessionState) -> bytes:
-    """Encode a state as format v1 bytes."""
+    """Encode a state as format v2 bytes."""
+    wide = max(state.recent, default=0) > 0xFFFF
     return _encoder.encode(
-        _StateV1(
+        _StateV2(
             fmt=STATE_FORMAT,
             dim=state.dim,
             pos=_f32(state.pos),
             neg=_f32(state.neg),
             taste=_f32(state.taste),
-            recent=list(state.recent),
+            recent=np.asarray(state.recent, dtype="<u4" if wide else "<u2").tobytes(),
+            wide=wide,
             outcomes=bytes(state.outcomes),
             session_id=state.session_id,
             session_start_ms=state.session_start_ms,
@@ -64,25 +94,36 @@ def encode_state(state: SessionState) -> bytes:
             last_outcome=state.last_outcome,
             seen_ids=np.asarray(state.seen_ids, dtype="<u8").tobytes(),
             partition=state.partition,
-            offset=state.offset,
+            position=state.position,
             version=state.version,
         )
     )
 
 
 def decode_state(raw: bytes) -> SessionState:
-    """Decode format v1 bytes; raise ``StateFormatError`` on anything else."""
+    """Decode format v2 (or v1) bytes; raise ``StateFormatError`` on anything else."""
     try:
-        s = _decoder.decode(raw)
+        fmt = _peek_format(raw)
+        decoder = _decoders.get(fmt)
+        if decoder is None:
+            raise StateFormatError(
+                f"session state format {fmt} is not supported (this code reads {sorted(_decoders)}): "
+                "upgrade the worker, or clear the state with segue-forget"
+            )
+        s = decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise StateFormatError(f"cannot decode session state: {exc}") from None
-    if s.fmt != STATE_FORMAT:
-        raise StateFormatError(f"session state format {s.fmt} is not supported (this code reads {STATE_FORMAT})")
+    if isinstance(s, _StateV1):
+        recent = tuple(s.recent)
+        position = stream_position(s.offset) if s.offset >= 0 else -1
+    else:
+        recent = tuple(np.frombuffer(s.recent, dtype="<u4" if s.wide else "<u2").tolist())
+        position = s.position
     return SessionState(
         pos=_vec(s.pos, s.dim),
         neg=_vec(s.neg, s.dim),
         taste=_vec(s.taste, s.dim),
-        recent=tuple(s.recent),
+        recent=recent,
         outcomes=tuple(s.outcomes),
         session_id=s.session_id,
         session_start_ms=s.session_start_ms,
@@ -92,11 +133,21 @@ def decode_state(raw: bytes) -> SessionState:
         likes=s.likes,
         events=s.events,
         last_outcome=s.last_outcome,
-        seen_ids=tuple(int(x) for x in np.frombuffer(s.seen_ids, dtype="<u8")),
+        seen_ids=tuple(np.frombuffer(s.seen_ids, dtype="<u8").tolist()),
         partition=s.partition,
-        offset=s.offset,
+        position=position,
         version=s.version,
     )
+
+
+def _peek_format(raw: bytes) -> int:
+    """The format number: the first element of the MessagePack array."""
+    if len(raw) > 3 and raw[0] == 0xDC and raw[3] < 0x80:  # array16 header, then a positive fixint
+        return raw[3]
+    head = msgspec.msgpack.decode(raw, type=list[msgspec.Raw])
+    if not head:
+        raise msgspec.DecodeError("empty state")
+    return msgspec.msgpack.decode(head[0], type=int)
 
 
 def _f32(v: np.ndarray) -> bytes:

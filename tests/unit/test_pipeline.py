@@ -114,3 +114,54 @@ def test_a_model_slower_than_its_slot_falls_back_and_counts_a_miss(quick_bundle,
     assert all(len(r.items) == 10 for r in out.recommendations)
     assert metrics.registry.get_sample_value("segue_budget_misses_total", {"stage": "rescore"}) == 1
     assert metrics.registry.get_sample_value("segue_recommendations_total", {"kind": "fallback"}) == 3
+
+
+def as_batches(msgs, per_message=5):
+    """The same events packed into batch messages (JSON arrays) of one partition, as a gateway would."""
+    out = []
+    for offset, start in enumerate(range(0, len(msgs), per_message)):
+        chunk = msgs[start : start + per_message]
+        value = b"[" + b",".join(m.value for m in chunk) + b"]"
+        out.append(Incoming(value, None, "events", 0, offset, chunk[-1].timestamp_ms))
+    return out
+
+
+def test_batch_messages_apply_every_event_once(quick_bundle, world):
+    single = messages(world, n_users=6, per_user=6, seed=3)
+    batched = as_batches(single)
+    one_by_one, store_s, _ = make(quick_bundle)
+    packed, store_p, metrics = make(quick_bundle)
+    asyncio.run(one_by_one.process(single))
+    out = asyncio.run(packed.process(batched))
+    assert len(out.applied_ms) == len(single) and out.duplicates == 0
+    users = sorted({m.key.decode() for m in single})
+    states_s = asyncio.run(store_s.get_states(users))
+    states_p = asyncio.run(store_p.get_states(users))
+    for s, p in zip(states_s, states_p, strict=True):
+        np.testing.assert_array_equal(s.pos, p.pos)
+        assert (s.recent, s.version) == (p.recent, p.version)
+    again = asyncio.run(packed.process(batched))  # redelivered: every event is recognised by its position
+    assert again.duplicates == len(single) and not again.applied_ms
+
+
+def test_a_bad_event_in_a_batch_is_dead_lettered_alone(quick_bundle, world):
+    proc, _, metrics = make(quick_bundle)
+    good = messages(world, n_users=2, per_user=2, seed=4)
+    bad = b'{"type":"play","event_id":"x","user_id":"u","track_id":"trk-00001","ts_ms":1}'
+    value = b"[" + b",".join([good[0].value, bad, good[1].value, b'"not an event"', good[2].value]) + b"]"
+    out = asyncio.run(proc.process([Incoming(value, None, "events", 1, 7, good[2].timestamp_ms)]))
+    assert [(d.reason, d.index, d.offset) for d in out.dead_letters] == [
+        ("invalid_field", 1, 7),
+        ("invalid_field", 3, 7),  # a JSON string where an event object belongs, as for a single message
+    ]
+    assert out.dead_letters[0].value == bad.decode()
+    assert len(out.applied_ms) == 3
+    assert metrics.registry.get_sample_value("segue_dead_letters_total", {"reason": "invalid_field"}) == 2
+
+
+def test_a_broken_batch_is_one_dead_letter(quick_bundle):
+    proc, _, _ = make(quick_bundle)
+    out = asyncio.run(
+        proc.process([Incoming(b'[{"type":', None, "events", 0, 3, 1), Incoming(b"[]", None, "e", 0, 4, 1)])
+    )
+    assert [(d.reason, d.offset) for d in out.dead_letters] == [("malformed_json", 3), ("malformed_json", 4)]

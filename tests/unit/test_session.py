@@ -59,10 +59,10 @@ def test_same_event_twice_is_applied_once():
 
 
 def test_redelivery_by_offset_is_ignored_even_with_new_ids():
-    s = apply_event(SessionState.empty(DIM), play(0), 0, ITEMS[0], partition=3, offset=10)
-    assert is_duplicate(s, "other-id", partition=3, offset=10)
-    assert not is_duplicate(s, "other-id", partition=3, offset=11)
-    assert not is_duplicate(s, "other-id", partition=2, offset=5)
+    s = apply_event(SessionState.empty(DIM), play(0), 0, ITEMS[0], partition=3, position=10)
+    assert is_duplicate(s, "other-id", partition=3, position=10)
+    assert not is_duplicate(s, "other-id", partition=3, position=11)
+    assert not is_duplicate(s, "other-id", partition=2, position=5)
 
 
 def test_gap_starts_a_new_session_but_keeps_taste():
