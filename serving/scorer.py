@@ -7,12 +7,21 @@ where the CUDA libraries are missing, and then runs on CPU (after logging an err
 for "cuda" where CUDA cannot be used logs a warning and serves on CPU; it never fails the load. A model
 whose inputs, outputs or metadata do not match v1 (or its bundle's manifest) is refused with
 ``ModelError``.
+
+On CUDA, ``score`` runs through an IOBinding (``BoundRunner``): per input shape it keeps device buffers
+(the four small inputs packed back to back, the candidates, the output), copies the host arrays into them
+(two ``OrtValue.update_inplace`` calls), runs ``session.run_with_iobinding`` and copies the scores back,
+so ONNX Runtime allocates and binds nothing per call. On CPU it calls ``session.run`` as it always did.
+Both paths take and return the same v1 tensors. CUDA sessions run with TF32 off (``CUDA_OPTIONS``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -38,6 +47,10 @@ log = logging.getLogger(__name__)
 CUDA: Final = "CUDAExecutionProvider"
 CPU: Final = "CPUExecutionProvider"
 DEVICES: Final = ("auto", "cuda", "cpu")
+# Full float32 matrix products on CUDA: with the provider's TF32 default, scores moved by up to 7e-3 from CPU's
+# and up to 12% of users got another top-20 (docs/benchmarks.md, "GPU rescoring"); this small model gains
+# nothing measurable from TF32.
+CUDA_OPTIONS: Final = {"use_tf32": "0"}
 
 
 def select_providers(device: str, available: Sequence[str]) -> list[str]:
@@ -52,20 +65,117 @@ def select_providers(device: str, available: Sequence[str]) -> list[str]:
     return [CUDA, CPU]
 
 
-class OnnxScorer:
-    """Scores candidates for a batch of session states with a v1 model. Use ``OnnxScorer.load``."""
+@dataclass(frozen=True)
+class _Slot:
+    """The buffers of one input shape (batch B, candidates K), on the session's device.
 
-    def __init__(self, session: ort.InferenceSession, model_version: str, dim: int, requested: list[str]) -> None:
+    ``packed`` holds session_pos, session_neg, taste [B, D] and context [B, 8] back to back (float32
+    [B * (3D + 8)]), bound to the four inputs at their offsets, so a call makes two host -> device copies
+    (``staging`` into ``packed``, then the candidates), not five.
+    """
+
+    binding: ort.IOBinding
+    staging: np.ndarray  # host float32 [B * (3D + 8)]
+    packed: ort.OrtValue  # device float32 [B * (3D + 8)]
+    candidates: ort.OrtValue  # device float32 [B, K, D]
+    output: ort.OrtValue  # device float32 [B, K]
+
+
+class BoundRunner:
+    """Runs a v1 session through an IOBinding with device buffers reused per input shape.
+
+    ``device_type`` is where the buffers live ("cuda" for the CUDA provider; "cpu" works too and is what the
+    unit tests exercise). At most ``slots`` shapes (batch, k) are kept, least recently used dropped first.
+    One call at a time (a lock): a slot's buffers are overwritten by the next call of the same shape.
+    """
+
+    def __init__(self, session: ort.InferenceSession, device_type: str, device_id: int = 0, slots: int = 8) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        self._session = session
+        self.device_type = device_type
+        self.device_id = device_id
+        self._slots_max = slots
+        self._slots: OrderedDict[tuple[int, int], _Slot] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        """The (batch, k) shapes that have buffers, least recently used first."""
+        return list(self._slots)
+
+    def run(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """Scores float32 [B, K] for contiguous float32 v1 ``inputs`` in ``INPUT_NAMES`` order, already checked."""
+        key = (int(inputs[0].shape[0]), int(inputs[4].shape[1]))
+        with self._lock:
+            slot = self._slots.pop(key, None) or self._slot(inputs)
+            self._slots[key] = slot
+            while len(self._slots) > self._slots_max:
+                self._slots.popitem(last=False)
+            offset = 0
+            for arr in inputs[:4]:
+                slot.staging[offset : offset + arr.size] = arr.ravel()
+                offset += arr.size
+            # update_inplace copies host -> device and waits for the copy (a synchronous cudaMemcpy on CUDA).
+            slot.packed.update_inplace(slot.staging)
+            slot.candidates.update_inplace(inputs[4])
+            self._session.run_with_iobinding(slot.binding)
+            (scores,) = slot.binding.copy_outputs_to_cpu()  # device -> host, float32 [B, K]
+            # On CPU the returned array may share the slot's buffer, which the next call overwrites.
+            return scores.copy() if self.device_type == "cpu" else scores
+
+    def _slot(self, inputs: Sequence[np.ndarray]) -> _Slot:
+        binding = self._session.io_binding()
+        total = sum(arr.size for arr in inputs[:4])
+        packed = ort.OrtValue.ortvalue_from_shape_and_type((total,), np.float32, self.device_type, self.device_id)
+        offset = 0
+        for name, arr in zip(INPUT_NAMES[:4], inputs[:4], strict=True):
+            ptr = packed.data_ptr() + offset * np.dtype(np.float32).itemsize
+            binding.bind_input(name, self.device_type, self.device_id, np.float32, list(arr.shape), ptr)
+            offset += arr.size
+        cands = ort.OrtValue.ortvalue_from_shape_and_type(inputs[4].shape, np.float32, self.device_type, self.device_id)
+        binding.bind_ortvalue_input(INPUT_NAMES[4], cands)
+        shape = (inputs[0].shape[0], inputs[4].shape[1])
+        out = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.device_type, self.device_id)
+        binding.bind_ortvalue_output(OUTPUT_NAMES[0], out)
+        return _Slot(binding, np.empty(total, np.float32), packed, cands, out)
+
+
+class OnnxScorer:
+    """Scores candidates for a batch of session states with a v1 model. Use ``OnnxScorer.load``.
+
+    ``io_binding``: None (default) binds inputs and outputs when the provider in use is CUDA and calls
+    ``session.run`` otherwise; True or False forces either path (benchmarks, tests).
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        model_version: str,
+        dim: int,
+        requested: list[str],
+        io_binding: bool | None = None,
+    ) -> None:
         self._session = session
         self.model_version = model_version
         self.dim = dim
         self.signature = SIGNATURE
         self.requested_providers = requested
         self.provider: str = session.get_providers()[0]
+        on_cuda = self.provider == CUDA
+        self.io_binding: bool = on_cuda if io_binding is None else io_binding
+        self._runner: BoundRunner | None = None
+        if self.io_binding:
+            self._runner = BoundRunner(session, "cuda" if on_cuda else "cpu", _device_id(session) if on_cuda else 0)
 
     @staticmethod
-    def load(bundle_dir: Path | str, device: str = "auto", intra_op_threads: int = 1) -> OnnxScorer:
-        """Load and validate ``model.onnx`` of the bundle at ``bundle_dir``; ModelError if unservable."""
+    def load(
+        bundle_dir: Path | str, device: str = "auto", intra_op_threads: int = 1, io_binding: bool | None = None
+    ) -> OnnxScorer:
+        """Load and validate ``model.onnx`` of the bundle at ``bundle_dir``; ModelError if unservable.
+
+        ``io_binding`` as in ``OnnxScorer``: None binds on CUDA only.
+        """
         manifest = read_manifest(bundle_dir)
         path = Path(bundle_dir) / MODEL
         if not path.is_file():
@@ -94,7 +204,7 @@ class OnnxScorer:
             log.log(level, "CUDA requested (device=%s) but not usable here; scoring on %s", device, actual)
         dim = int(manifest["dim"])
         version = validate_session(session, dim, str(manifest["model_version"]), str(path))
-        return OnnxScorer(session, version, dim, requested)
+        return OnnxScorer(session, version, dim, requested, io_binding)
 
     @property
     def session(self) -> ort.InferenceSession:
@@ -108,7 +218,7 @@ class OnnxScorer:
         context: np.ndarray,  # [B, 8]
         candidates: np.ndarray,  # [B, K, D]
     ) -> np.ndarray:  # float32 [B, K]
-        """One ONNX Runtime run; ValueError if the shapes do not fit signature v1 with this ``dim``."""
+        """One ONNX Runtime run (bound on CUDA); ValueError if the shapes do not fit v1 with this ``dim``."""
         inputs = [
             np.ascontiguousarray(a, dtype=np.float32) for a in (session_pos, session_neg, taste, context, candidates)
         ]
@@ -120,12 +230,20 @@ class OnnxScorer:
                 raise ValueError(f"{name} has shape {arr.shape}, expected {want} (batch, k, dim={self.dim})")
         if b == 0 or k == 0:
             return np.zeros((b, k), np.float32)
+        if self._runner is not None:
+            return self._runner.run(inputs)
         (scores,) = self._session.run(list(OUTPUT_NAMES), dict(zip(INPUT_NAMES, inputs, strict=True)))
         return scores
 
 
 def _session(path: Path, opts: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    options = [dict(CUDA_OPTIONS) if p == CUDA else {} for p in providers]
+    return ort.InferenceSession(str(path), sess_options=opts, providers=providers, provider_options=options)
+
+
+def _device_id(session: ort.InferenceSession) -> int:
+    """The GPU the session's CUDA provider runs on (its ``device_id`` option, 0 when unset)."""
+    return int(session.get_provider_options().get(CUDA, {}).get("device_id", 0))
 
 
 def validate_session(session: ort.InferenceSession, dim: int, model_version: str, where: str) -> str:
