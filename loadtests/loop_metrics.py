@@ -1,0 +1,158 @@
+"""Figures of the closed loop, pure: rates by position with listener-bootstrap CIs, and list-quality metrics.
+
+Outcomes are a matrix ``kinds`` [L listeners, P positions] of "play" / "skip" / "like"; the bootstrap
+resamples listeners (a listener's positions stay together, they are not independent), with the same
+resampled listeners for every recommender so that paired comparisons keep their pairing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+CI_LEVEL = 0.95
+
+
+def indicator(kinds: Sequence[Sequence[str]], kind: str) -> np.ndarray:
+    """float64 [L, P]: 1.0 where the outcome is ``kind``."""
+    return np.array([[1.0 if k == kind else 0.0 for k in row] for row in kinds], dtype=np.float64)
+
+
+def bootstrap_indices(n_listeners: int, n_boot: int, seed: int) -> np.ndarray:
+    """int64 [n_boot, L]: listener indices drawn with replacement (shared by all recommenders)."""
+    return np.random.default_rng([seed, 97]).integers(0, n_listeners, size=(n_boot, n_listeners))
+
+
+def _ci(samples: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.quantile(samples, [(1 - CI_LEVEL) / 2, 1 - (1 - CI_LEVEL) / 2], axis=0)
+    return float(lo), float(hi)
+
+
+def rate_by_position(x: np.ndarray, boot: np.ndarray) -> dict[str, list[float]]:
+    """x [L, P] -> mean per position with its bootstrap CI: {"mean", "lo", "hi"} each [P]."""
+    means = x.mean(axis=0)
+    samples = x[boot].mean(axis=1)  # [B, P]
+    lo, hi = np.quantile(samples, [(1 - CI_LEVEL) / 2, 1 - (1 - CI_LEVEL) / 2], axis=0)
+    return {"mean": means.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
+
+
+def window_rate(x: np.ndarray, boot: np.ndarray, start: int, stop: int | None = None) -> dict[str, float]:
+    """The rate over positions ``start:stop`` (per listener, then averaged) with its bootstrap CI."""
+    per_listener = x[:, start:stop].mean(axis=1)  # [L]
+    lo, hi = _ci(per_listener[boot].mean(axis=1))
+    return {"mean": float(per_listener.mean()), "lo": lo, "hi": hi}
+
+
+def relative_reduction(
+    ours: np.ndarray, theirs: np.ndarray, boot: np.ndarray, start: int, stop: int | None = None
+) -> dict[str, float]:
+    """1 - rate(ours) / rate(theirs) over positions ``start:stop``, paired bootstrap CI over listeners.
+
+    ``ours`` and ``theirs`` are [L, P] indicators of the same listeners (row i is listener i in both).
+    """
+    a = ours[:, start:stop].mean(axis=1)
+    b = theirs[:, start:stop].mean(axis=1)
+    point = 1.0 - a.mean() / b.mean() if b.mean() > 0 else float("nan")
+    sa, sb = a[boot].mean(axis=1), b[boot].mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        samples = 1.0 - sa / sb
+    samples = samples[np.isfinite(samples)]
+    lo, hi = _ci(samples) if samples.size else (float("nan"), float("nan"))
+    return {"reduction": float(point), "lo": lo, "hi": hi, "ours": float(a.mean()), "theirs": float(b.mean())}
+
+
+def paired_difference(
+    x: np.ndarray, boot: np.ndarray, early: tuple[int, int], late: tuple[int, int | None]
+) -> dict[str, float]:
+    """Rate over ``early`` positions minus rate over ``late`` positions of the same listeners, with a CI."""
+    d = x[:, early[0] : early[1]].mean(axis=1) - x[:, late[0] : late[1]].mean(axis=1)  # [L]
+    lo, hi = _ci(d[boot].mean(axis=1))
+    return {"difference": float(d.mean()), "lo": lo, "hi": hi}
+
+
+def list_quality(
+    lists: Sequence[np.ndarray], embeddings: np.ndarray, popularity: np.ndarray, n_tracks: int
+) -> dict[str, float]:
+    """Catalog coverage, intra-list diversity and novelty of the recommendation lists a run served.
+
+    ``lists``: int [k] track indices per shown list (top-k); ``embeddings`` float32 [N, D] unit rows;
+    ``popularity`` [N] in (0, 1]. coverage: distinct tracks in any list / N; intra-list diversity: mean over
+    lists of the mean pairwise cosine distance (1 - cos) within the list; novelty: mean of -log2 popularity
+    over every listed track.
+    """
+    if not lists:
+        return {"coverage": 0.0, "intra_list_diversity": 0.0, "novelty": 0.0, "lists": 0}
+    seen: set[int] = set()
+    ild, nov = [], []
+    for lst in lists:
+        idx = np.asarray(lst, dtype=np.int64)
+        seen.update(idx.tolist())
+        nov.extend((-np.log2(np.maximum(popularity[idx], 1e-12))).tolist())
+        k = len(idx)
+        if k >= 2:
+            e = embeddings[idx]
+            cos = e @ e.T  # [k, k]
+            off = cos[~np.eye(k, dtype=bool)]
+            ild.append(float(np.mean(1.0 - off)))
+    return {
+        "coverage": len(seen) / n_tracks,
+        "intra_list_diversity": float(np.mean(ild)) if ild else 0.0,
+        "novelty": float(np.mean(nov)),
+        "lists": len(lists),
+    }
+
+
+def summarise_arm(kinds: Sequence[Sequence[str]], boot: np.ndarray, late_from: int) -> dict[str, Any]:
+    """Per-position skip and like rates with CIs, and the skip rate from ``late_from`` on."""
+    skip, like = indicator(kinds, "skip"), indicator(kinds, "like")
+    return {
+        "skip_by_position": rate_by_position(skip, boot),
+        "like_by_position": rate_by_position(like, boot),
+        "skip_overall": window_rate(skip, boot, 0),
+        "like_overall": window_rate(like, boot, 0),
+        "skip_late": window_rate(skip, boot, late_from),
+        "like_late": window_rate(like, boot, late_from),
+    }
+
+
+def headline(arms: Mapping[str, Sequence[Sequence[str]]], boot: np.ndarray, late_from: int) -> dict[str, Any]:
+    """The closed loop's must-show figures: segue vs static from ``late_from`` on, and segue's own trend."""
+    skip = {name: indicator(k, "skip") for name, k in arms.items()}
+    out: dict[str, Any] = {"late_from": late_from}
+    if "segue" in skip and "static" in skip:
+        out["segue_vs_static"] = relative_reduction(skip["segue"], skip["static"], boot, late_from)
+    if "segue" in skip and "random" in skip:
+        out["segue_vs_random"] = relative_reduction(skip["segue"], skip["random"], boot, late_from)
+    if "segue" in skip:
+        out["segue_trend"] = paired_difference(skip["segue"], boot, (0, 3), (late_from, None))
+    return out
+
+
+def reaction(
+    kinds: Sequence[Sequence[str]], tracks: Sequence[Sequence[int]], served: Sequence[Sequence[np.ndarray]], k: int
+) -> dict[str, float]:
+    """Does a recommender react to what was just heard? From each listener's rankings before each position:
+
+    ``skipped_relisted``: share of skips whose track is in the very next ranking (segue must give 0);
+    ``turnover_after_skip`` / ``turnover_after_play``: mean number of tracks of the next top ``k`` that were
+    not in the previous top ``k`` (the heard track itself not counted), after a skip and after a play or like.
+    """
+    relisted, skips = 0, 0
+    after: dict[str, list[int]] = {"skip": [], "play": []}
+    for ks, ts, rankings in zip(kinds, tracks, served, strict=True):
+        for t in range(len(ks) - 1):
+            nxt = rankings[t + 1]
+            if ks[t] == "skip":
+                skips += 1
+                relisted += int(ts[t] in set(nxt.tolist()))
+            before = set(rankings[t][:k].tolist()) - {ts[t]}
+            new = len(set(nxt[:k].tolist()) - before)
+            after["skip" if ks[t] == "skip" else "play"].append(new)
+    return {
+        "skipped_relisted": relisted / skips if skips else 0.0,
+        "skips": float(skips),
+        "turnover_after_skip": float(np.mean(after["skip"])) if after["skip"] else 0.0,
+        "turnover_after_play": float(np.mean(after["play"])) if after["play"] else 0.0,
+    }

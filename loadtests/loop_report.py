@@ -1,0 +1,203 @@
+"""The closed loop's output: ``results.json``, ``report.md`` and PNG plots in the output directory."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PLOTS = ("skip_like_by_position.png", "tradeoff.png")
+ARM_STYLE = {
+    "segue": ("segue (live stack)", "tab:blue"),
+    "segue-inprocess": ("segue rule + model in-process", "tab:cyan"),
+    "static": ("static (no session context)", "tab:orange"),
+    "random": ("random", "tab:gray"),
+}
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float):
+        return None if not math.isfinite(x) else x
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
+
+
+def _ci(d: dict[str, float]) -> str:
+    return f"{_pct(d['mean'])} [{_pct(d['lo'])}, {_pct(d['hi'])}]"
+
+
+def plot_positions(out: Path, r: dict[str, Any]) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    for name, arm in r["arms"].items():
+        label, colour = ARM_STYLE.get(name, (name, None))
+        for ax, key in zip(axes, ("skip_by_position", "like_by_position"), strict=True):
+            s = arm[key]
+            x = list(range(1, len(s["mean"]) + 1))
+            ax.plot(x, s["mean"], marker="o", ms=3, label=label, color=colour)
+            ax.fill_between(x, s["lo"], s["hi"], alpha=0.15, color=colour)
+    late = r["config"]["late_from"] + 1
+    for ax, title in zip(axes, ("skip rate", "like rate"), strict=True):
+        ax.axvline(late - 0.5, color="k", lw=0.8, ls=":")
+        ax.set(xlabel="position in session (1 = first track)", ylabel=title, title=f"{title} by position (95% CI)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / PLOTS[0], dpi=100)
+    plt.close(fig)
+
+
+def plot_tradeoff(out: Path, r: dict[str, Any]) -> None:
+    pts = r["curve"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharey=True)
+    for ax, key, name in zip(
+        axes,
+        ("coverage", "intra_list_diversity", "novelty"),
+        (
+            "catalog coverage (share of tracks listed)",
+            "intra-list diversity (mean 1 - cos)",
+            "novelty (mean -log2 pop.)",
+        ),
+        strict=True,
+    ):
+        xs = [p[key] for p in pts]
+        ys = [p["skip"]["mean"] for p in pts]
+        err = [[p["skip"]["mean"] - p["skip"]["lo"] for p in pts], [p["skip"]["hi"] - p["skip"]["mean"] for p in pts]]
+        ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3)
+        for p, x, y in zip(pts, xs, ys, strict=True):
+            ax.annotate(
+                f"e{p['exploration']:g}/d{p['diversity']:g}",
+                (x, y),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+        ax.set(xlabel=name)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("skip rate (all positions, 95% CI)")
+    fig.suptitle("Exploration / diversity knob: list quality against skip rate")
+    fig.tight_layout()
+    fig.savefig(out / PLOTS[1], dpi=100)
+    plt.close(fig)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    c, h = r["config"], r["headline"]
+    late = c["late_from"]
+    lines = [
+        "# Closed loop: skip and like rates by position in session",
+        "",
+        f"Model `{r['model_version']}`; {c['listeners']} simulated listeners, {c['positions']} positions each, "
+        f"{c['history_sessions']} earlier sessions of {c['history_length']} tracks per listener; seed {c['seed']}; "
+        f"95% CIs from {c['boot']} bootstrap resamples of listeners.",
+        "",
+        "## Headline",
+        "",
+    ]
+    vs = h.get("segue_vs_static")
+    if vs:
+        lines += [
+            f"Skip rate at positions >= {late + 1} (1-based): segue {_pct(vs['ours'])}, static {_pct(vs['theirs'])}: "
+            f"relative reduction **{_pct(vs['reduction'])}** (95% CI {_pct(vs['lo'])} .. {_pct(vs['hi'])}).",
+            "",
+            f"Target (reduction >= 30% with the whole CI above it): **{'met' if h['target']['met'] else 'not met'}**.",
+        ]
+    tr = h.get("segue_trend")
+    if tr:
+        lines += [
+            "",
+            f"segue's skip rate, positions 1-3 minus positions >= {late + 1}: {_pct(tr['difference'])} "
+            f"(95% CI {_pct(tr['lo'])} .. {_pct(tr['hi'])}): "
+            f"{'falls' if h['target']['skip_falls_over_session'] else 'does not fall significantly'} over the session.",
+        ]
+    lines += [
+        "",
+        "## By recommender",
+        "",
+        f"| recommender | skip, all | skip, >= {late + 1} | like, all | like, >= {late + 1} | coverage | "
+        "intra-list div. | novelty |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, a in r["arms"].items():
+        lines.append(
+            f"| {ARM_STYLE.get(name, (name,))[0]} | {_ci(a['skip_overall'])} | {_ci(a['skip_late'])} | "
+            f"{_ci(a['like_overall'])} | {_ci(a['like_late'])} | {a['coverage']:.3f} | "
+            f"{a['intra_list_diversity']:.3f} | {a['novelty']:.2f} |"
+        )
+    lines += [
+        "",
+        "Reaction (from the ranking read before each position): a skipped track relisted in the next ranking, and "
+        f"how many of the next top {c['list_k']} are new (not in the previous top {c['list_k']}) after a skip and "
+        "after a play or like:",
+        "",
+        "| recommender | skipped track relisted | new in top after a skip | new in top after a play/like |",
+        "|---|---|---|---|",
+    ]
+    for name, a in r["arms"].items():
+        re_ = a["reaction"]
+        lines.append(
+            f"| {ARM_STYLE.get(name, (name,))[0]} | {_pct(re_['skipped_relisted'])} of {re_['skips']:.0f} | "
+            f"{re_['turnover_after_skip']:.2f} | {re_['turnover_after_play']:.2f} |"
+        )
+    lines += ["", "![skip and like rate by position](skip_like_by_position.png)", ""]
+    lv = r.get("live") or {}
+    if lv:
+        w = lv["event_to_visible_ms"]
+        lines += [
+            f"Live path: event sent -> recommendations in Redis answer it: p50 {w['p50']:.0f} ms, "
+            f"p95 {w['p95']:.0f} ms, p99 {w['p99']:.0f} ms (all listeners' events of a position in flight at once); "
+            f"fallback (unscored) lists: {_pct(lv['fallback_share'])} of {lv['lists_read']} read.",
+            "",
+        ]
+    if r["curve"]:
+        lines += [
+            "## Exploration / diversity trade-off",
+            "",
+            f"segue with the knob (`serving/diversity.py` via `Rescorer.rank(prefs=...)`, run {r['curve_on']}); "
+            "in these runs the listener picks from the top 10 with a position bias (rank r with weight 0.6^r), so "
+            "that what the knob changes below the first place reaches the listener.",
+            "",
+            "| exploration | diversity | skip rate | like rate | coverage | intra-list div. | novelty |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p in r["curve"]:
+            lines.append(
+                f"| {p['exploration']:g} | {p['diversity']:g} | {_ci(p['skip'])} | {_ci(p['like'])} | "
+                f"{p['coverage']:.3f} | {p['intra_list_diversity']:.3f} | {p['novelty']:.2f} |"
+            )
+        lines += ["", "![trade-off](tradeoff.png)", ""]
+    lines += [
+        "## Definitions",
+        "",
+        "* skip/like rate: share of positions whose track was skipped/liked; by position: over listeners.",
+        "* coverage: distinct tracks in any shown top-10 list / catalog size; intra-list diversity: mean pairwise "
+        "cosine distance of the bundle's item embeddings within a shown list; novelty: mean -log2 popularity "
+        "(catalog popularity in (0, 1]) of listed tracks.",
+        "* static: segue's retrieval and model on a state whose session vectors and counters are zero (long-term "
+        "taste as at session start); random: uniformly random unheard tracks. Same listeners, seeds and moods.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, results: dict[str, Any]) -> None:
+    """Write ``results.json``, ``report.md`` and the PNGs into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    results = _clean(results)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    plot_positions(out, results)
+    if results["curve"]:
+        plot_tradeoff(out, results)
+    (out / "report.md").write_text(markdown(results))
