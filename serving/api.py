@@ -3,6 +3,8 @@
 * ``GET  /v1/users/{user_id}/recommendations`` latest recommendations from the store; rescored on demand when
   the user has state but no cached list; the popularity fallback for a user never seen.
 * ``POST /v1/events`` one event or a JSON array of events, validated and sent to the events topic.
+* ``GET|POST|DELETE /v1/rules``, ``GET /v1/rules/audit``, ``GET|PUT|DELETE /v1/users/{user_id}/preferences``:
+  editorial rules and the per-user knob (``serving.editorial_api``).
 * ``GET  /healthz`` store reachability, model version and execution provider.
 * ``GET  /metrics`` Prometheus exposition.
 """
@@ -19,6 +21,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.catalog import Catalog
+from serving.editorial_api import Editorial, register_editorial
 from serving.rescore import Rescorer, popularity_ranking, to_record
 from serving.settings import ApiSettings
 from streams.errors import InvalidEvent, StoreUnavailable
@@ -40,6 +43,7 @@ class ApiDeps:
     metrics: Metrics
     provider: str
     producer: EventProducer | None = None
+    editorial: Editorial | None = None  # rules and preferences routes, blocks on read, reason sentences
 
 
 def _json(raw: bytes, status: int = 200) -> Response:
@@ -70,13 +74,20 @@ def create_api(deps: ApiDeps) -> FastAPI:
         return response
 
     @api.get("/v1/users/{user_id}/recommendations")
-    async def recommendations(user_id: str, limit: int = Query(20, ge=1, le=500)) -> Response:
+    async def recommendations(
+        user_id: str,
+        limit: int = Query(20, ge=1, le=500),
+        exploration: float | None = Query(None, ge=0.0, le=1.0),
+        diversity: float | None = Query(None, ge=0.0, le=1.0),
+    ) -> Response:
         try:
             recs = await deps.store.get_recommendations(user_id)
             if recs is None:
                 recs = await _on_demand(deps, user_id)
         except StoreUnavailable as exc:
             raise HTTPException(status_code=503, detail=f"state store unavailable: {exc}") from exc
+        if deps.editorial is not None:
+            recs = await deps.editorial.finish(user_id, recs, exploration, diversity)
         if len(recs.items) > limit:
             recs = msgspec.structs.replace(recs, items=recs.items[:limit])
         return _json(encode_record(recs))
@@ -121,6 +132,9 @@ def create_api(deps: ApiDeps) -> FastAPI:
     @api.get("/metrics")
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    if deps.editorial is not None:
+        register_editorial(api, deps.editorial)
 
     return api
 

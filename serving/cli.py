@@ -11,6 +11,8 @@ from fastapi import FastAPI
 
 from serving.api import ApiDeps, create_api
 from serving.catalog import Catalog
+from serving.editorial_api import editorial_from
+from serving.explain import Explainer
 from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
 from serving.scorer import OnnxScorer
@@ -37,10 +39,18 @@ def build_api(settings: ApiSettings) -> FastAPI:
         scorer,
         n_candidates=settings.scoring.candidates,
         n_recs=settings.scoring.recommendations,
+        explainer=Explainer(scorer, catalog.embeddings, events=settings.scoring.explain_events)
+        if settings.scoring.explain
+        else None,
     )
     producer = EventProducer.connect(settings.kafka, topic=settings.topics.events) if settings.ingest else None
     store = RedisStore.connect(settings.redis, metrics)
-    return create_api(ApiDeps(settings, store, catalog, rescorer, metrics, scorer.provider, producer))
+    editorial = editorial_from(
+        settings.redis, store, catalog, rescorer, scorer.provider, settings.scoring.rules_refresh_s
+    )
+    return create_api(
+        ApiDeps(settings, store, catalog, rescorer, metrics, scorer.provider, producer, editorial=editorial)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

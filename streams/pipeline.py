@@ -13,9 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 from serving.catalog import Catalog
+from serving.diversity import NEUTRAL, Preferences
+from serving.prefs_store import PreferencesStore
 from serving.rescore import Ranking, Rescorer, to_record
+from serving.rules_store import RulesCache
 from streams.errors import InvalidEvent, RetryableError
 from streams.metrics import Metrics
 from streams.records import (
@@ -82,6 +86,8 @@ class Processor:
         rescore_timeout_s: float | None = None,
         cas_attempts: int = 5,
         max_clock_skew_ms: int = 86_400_000,
+        preferences: PreferencesStore | None = None,
+        rules: RulesCache | None = None,
     ) -> None:
         self._catalog = catalog
         self._rescorer = rescorer
@@ -93,6 +99,8 @@ class Processor:
         self._timeout = rescore_timeout_s
         self._cas_attempts = cas_attempts
         self._max_skew_ms = max_clock_skew_ms
+        self._preferences = preferences  # per-user exploration/diversity knob, read once per batch
+        self._rules = rules  # editorial rules, refreshed every few seconds, not per batch
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segue-model")
         self._model_call: asyncio.Future[list[Ranking]] | None = None
 
@@ -181,11 +189,16 @@ class Processor:
         recommendations may never have been published)."""
         users = list(final)
         states = [final[u] for u in users]
+        prefs = await self._preferences_of(users)
+        rules = await self._rules.current(self._clock()) if self._rules is not None else None
         started = time.perf_counter()
         rankings = None
         if self._model_call is None or self._model_call.done():  # at most one model call in flight
             self._model_call = asyncio.get_running_loop().run_in_executor(
-                self._model_thread, self._rescorer.rank, states, [s.last_ts_ms for s in states]
+                self._model_thread,
+                partial(self._rescorer.rank, prefs=prefs, rules=rules, users=users),
+                states,
+                [s.last_ts_ms for s in states],
             )
             try:
                 rankings = await asyncio.wait_for(asyncio.shield(self._model_call), timeout=self._timeout)
@@ -193,7 +206,7 @@ class Processor:
                 pass
         if rankings is None:  # the model overran its slot (now or in an earlier batch): the cheap ranking
             self._metrics.budget_misses.labels("rescore").inc()
-            rankings = self._rescorer.rank_fallback(states)
+            rankings = self._rescorer.rank_fallback(states, rules)
         self._metrics.rescore.labels(self._provider).observe(time.perf_counter() - started)
         generated = self._clock()
         recs = []
@@ -214,6 +227,15 @@ class Processor:
                 )
             )
         return recs
+
+    async def _preferences_of(self, users: list[str]) -> list[Preferences] | None:
+        """The batch's users' knobs in one round trip; ``None`` when nobody set one (the plain ranking)."""
+        if self._preferences is None:
+            return None
+        stored = await self._preferences.get_many(users)
+        if all(p is None for p in stored):
+            return None
+        return [p if p is not None else NEUTRAL for p in stored]
 
     def _dead_letter(self, msg: Incoming, exc: InvalidEvent, kind: str, raw: bytes, index: int) -> DeadLetter:
         self._metrics.dead_letters.labels(exc.reason).inc()

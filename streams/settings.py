@@ -94,6 +94,11 @@ class ScoringSettings(BaseModel):
     # Fault drills only: sleep this long in every model call (0 in production).
     inject_delay_ms: float = Field(0.0, ge=0)
     intra_op_threads: int = Field(1, ge=1)
+    explain: bool = Field(
+        True, description="give every recommendation a reason from the score's contributions (docs/explanations.md)"
+    )
+    explain_events: int = Field(3, ge=1, le=8, description="how many recent session events a reason may cite")
+    rules_refresh_s: float = Field(5.0, gt=0, description="how often editorial rules are re-read from Redis")
 
 
 class SessionSettings(BaseModel):

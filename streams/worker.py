@@ -15,9 +15,12 @@ import faust
 from prometheus_client import CollectorRegistry, start_http_server
 
 from serving.catalog import Catalog
+from serving.explain import Explainer
 from serving.faults import SlowScorer
+from serving.prefs_store import RedisPreferencesStore
 from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
+from serving.rules_store import RedisRulesStore, RulesCache
 from serving.scorer import OnnxScorer
 from streams.agents import AgentDeps, register_agents
 from streams.app import create_app
@@ -67,6 +70,9 @@ def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None =
         model,
         n_candidates=settings.scoring.candidates,
         n_recs=settings.scoring.recommendations,
+        explainer=Explainer(model, catalog.embeddings, dynamics_from(settings), scoring.explain_events)
+        if scoring.explain
+        else None,
     )
     store = RedisStore.connect(settings.redis, metrics)
     processor = Processor(
@@ -77,6 +83,10 @@ def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None =
         scorer.provider,
         dynamics_from(settings),
         rescore_timeout_s=scoring.rescore_timeout_ms / 1000,
+        preferences=RedisPreferencesStore.connect(settings.redis),
+        rules=RulesCache(
+            RedisRulesStore.connect(settings.redis), catalog.index, catalog.artist_of, scoring.rules_refresh_s
+        ),
     )
     # Warm the model up: ONNX Runtime's first run allocates and plans, and would overrun the first batch's
     # rescoring slot.
