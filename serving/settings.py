@@ -28,3 +28,4 @@ class ApiSettings(BaseSettings):
     auth_token: SecretStr | None = None
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_batch_events: int = Field(1000, ge=1)
+    steer_default_ttl_s: int = Field(3600, ge=1, description="how long a prompt steer lasts when ttl_s is not sent")

@@ -25,6 +25,14 @@ class InvalidEvent(SegueError):
         self.detail = detail
 
 
+class InvalidSteer(SegueError):
+    """A steering request (prompt, strength, expiry) or a stored steer is unusable; the message says why."""
+
+
+class InvalidImport(SegueError):
+    """A listening-history export file is not one this code reads; the message says which file and why."""
+
+
 class ModelError(SegueError):
     """A model bundle is missing, unreadable or has a signature this code cannot serve."""
 

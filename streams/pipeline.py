@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
+from serving.bias import SessionBias
 from serving.catalog import Catalog
 from serving.diversity import NEUTRAL, Preferences
 from serving.prefs_store import PreferencesStore
@@ -88,6 +89,7 @@ class Processor:
         max_clock_skew_ms: int = 86_400_000,
         preferences: PreferencesStore | None = None,
         rules: RulesCache | None = None,
+        bias: SessionBias | None = None,
     ) -> None:
         self._catalog = catalog
         self._rescorer = rescorer
@@ -101,6 +103,7 @@ class Processor:
         self._max_skew_ms = max_clock_skew_ms
         self._preferences = preferences  # per-user exploration/diversity knob, read once per batch
         self._rules = rules  # editorial rules, refreshed every few seconds, not per batch
+        self._bias = bias  # cold-start prior and prompt steers, applied to what the ranking sees
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segue-model")
         self._model_call: asyncio.Future[list[Ranking]] | None = None
 
@@ -189,6 +192,9 @@ class Processor:
         recommendations may never have been published)."""
         users = list(final)
         states = [final[u] for u in users]
+        if self._bias is not None:
+            devices = [getattr(per_user[u][-1][0].context, "device", None) for u in users]
+            states = await self._bias.apply(users, states, devices, [s.last_ts_ms for s in states], self._clock())
         prefs = await self._preferences_of(users)
         rules = await self._rules.current(self._clock()) if self._rules is not None else None
         started = time.perf_counter()

@@ -99,6 +99,10 @@ class ScoringSettings(BaseModel):
     )
     explain_events: int = Field(3, ge=1, le=8, description="how many recent session events a reason may cite")
     rules_refresh_s: float = Field(5.0, gt=0, description="how often editorial rules are re-read from Redis")
+    cold_start: bool = Field(
+        True, description="use the bundle's context prior for listeners with little history (docs/cold-start.md)"
+    )
+    steering: bool = Field(True, description="apply listeners' prompt steers when ranking (docs/steering.md)")
 
 
 class SessionSettings(BaseModel):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import faust
 from prometheus_client import CollectorRegistry, start_http_server
 
+from serving.bias import session_bias
 from serving.catalog import Catalog
 from serving.explain import Explainer
 from serving.faults import SlowScorer
@@ -87,6 +88,7 @@ def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None =
         rules=RulesCache(
             RedisRulesStore.connect(settings.redis), catalog.index, catalog.artist_of, scoring.rules_refresh_s
         ),
+        bias=session_bias(settings.scoring, settings.redis, catalog.model_version),
     )
     # Warm the model up: ONNX Runtime's first run allocates and plans, and would overrun the first batch's
     # rescoring slot.
