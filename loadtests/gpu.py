@@ -13,8 +13,10 @@ copies included. ``cuda-resident`` is no serving call but its floor: the inputs 
 scores left there (``resident_call``), so the difference to the others is what the host copies cost.
 Reported per variant and B: median and p95 ms per call, users/s and candidate-scores/s at the median, and
 the largest absolute difference of its scores from the first CPU variant's (parity) with the share of
-users whose top-20 is the same. It also loads the scorer with ``device="cuda"`` in a child
-process that sees no GPU (``CUDA_VISIBLE_DEVICES=""``) and records the provider it falls back to.
+users whose top-20 is the same. With ``--mixed MAX`` it also times calls whose size changes every call
+(uniform in 1..MAX users, the same sequence for every variant), as the worker's micro-batches do. It also
+loads the scorer with ``device="cuda"`` in a child process that sees no GPU (``CUDA_VISIBLE_DEVICES=""``)
+and records the provider it falls back to.
 
 Where CUDA cannot be used the CPU variants are still measured and the report says
 "GPU path not measured: <why>". Needs only numpy and onnxruntime (onnxruntime-gpu for CUDA) beside the
@@ -140,6 +142,32 @@ def resident_call(scorer: OnnxScorer, inputs: Sequence[np.ndarray]) -> tuple[Cal
 
     call()
     return call, binding.copy_outputs_to_cpu()[0]
+
+
+def mixed_cell(
+    scorer: OnnxScorer, inputs: Sequence[np.ndarray], sizes: np.ndarray, args: argparse.Namespace
+) -> dict[str, float]:
+    """Calls whose users per call follow ``sizes`` [n] (cycled), each the first b rows of ``inputs``.
+
+    ``inputs`` are v1 inputs for ``max(sizes)`` users; row slices of C-contiguous arrays stay contiguous.
+    Returns the median/p95 ms per call, the mean users per call and users/s over the timed calls.
+    """
+    position = [0]
+
+    def call() -> object:
+        b = int(sizes[position[0] % len(sizes)])
+        position[0] += 1
+        return scorer.score(*(a[:b] for a in inputs))
+
+    ms = time_calls(call, args.repeats, args.warmup, args.cell_seconds)
+    users = sizes[(args.warmup + np.arange(len(ms))) % len(sizes)]  # the sizes of the timed calls
+    return {
+        "median_ms": float(np.median(ms)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "calls": int(len(ms)),
+        "mean_users": float(users.mean()),
+        "users_per_s": float(users.sum() / (ms.sum() / 1000.0)),
+    }
 
 
 def summarise(ms: np.ndarray, batch: int, k: int) -> dict[str, float]:
@@ -320,6 +348,16 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             ref_scores[b] = scores
         ms = time_calls(call, args.repeats, args.warmup, args.cell_seconds)
         rows.append({"batch": b, "variant": v.name} | summarise(ms, b, args.candidates) | parity(scores, ref_scores[b]))
+    mixed = None
+    if args.mixed:
+        rng = np.random.default_rng([args.seed, 0, args.mixed])
+        sizes = rng.integers(1, args.mixed + 1, size=max(args.repeats, 64))  # [n] users per call
+        inputs = make_inputs(items, args.mixed, args.candidates, rng)
+        cells = [v for v in chosen if v.name in scorers and not v.resident]
+        mixed = {
+            "max_users": args.mixed,
+            "rows": [{"variant": v.name} | mixed_cell(scorers[v.name], inputs, sizes, args) for v in cells],
+        }
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -338,6 +376,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         "gpu_reason": cuda_reasons[0] if cuda_reasons else None,
         "fallback": fallback_check(bundle) if not args.no_fallback_check else None,
         "rows": rows,
+        "mixed": mixed,
     }
 
 
@@ -363,6 +402,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--cell-seconds", type=float, default=5.0, help="stop a cell's timed calls after this long (>= 20 calls)"
     )
     p.add_argument("--preload-cuda", action="store_true", help="onnxruntime.preload_dlls() first (pip CUDA libs)")
+    p.add_argument(
+        "--mixed", type=int, default=0, metavar="MAX", help="also calls of 1..MAX users, a new size each call"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="output dir (default .segue/bench/gpu-<timestamp>)")
     p.add_argument("--no-plot", action="store_true", help="skip gpu.png (render it later with --render)")
@@ -371,8 +413,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--render", type=Path, default=None, metavar="DIR", help="re-write report.md + gpu.png")
     p.add_argument("--probe-provider", type=Path, default=None, metavar="BUNDLE", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.candidates < 1 or args.repeats < 1 or args.warmup < 0:
-        p.error("--candidates and --repeats must be at least 1, --warmup at least 0")
+    if args.candidates < 1 or args.repeats < 1 or args.warmup < 0 or args.mixed < 0:
+        p.error("--candidates and --repeats must be at least 1, --warmup and --mixed at least 0")
     return args
 
 

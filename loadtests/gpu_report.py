@@ -136,6 +136,20 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         "",
     ]
+    mixed = results.get("mixed")
+    if mixed:
+        lines += [
+            f"## Mixed batch sizes: 1..{mixed['max_users']} users per call (uniform), a new size every call",
+            "",
+            "| variant | ms per call, median (p95) | mean users per call | users per second |",
+            "|---|---:|---:|---:|",
+            *(
+                f"| {r['variant']} | {r['median_ms']:.3f} ({r['p95_ms']:.3f}) | {r['mean_users']:.1f} | "
+                f"{_rate(r['users_per_s'])} |"
+                for r in mixed["rows"]
+            ),
+            "",
+        ]
     fb = results.get("fallback")
     if fb:
         lines += ["## CUDA fallback without a visible GPU", ""]

@@ -21,7 +21,7 @@ def _run(bundle: Path, out: Path, *extra: str) -> dict:
 
 
 def test_cpu_only_run_writes_a_complete_report(quick_bundle: Path, tmp_path: Path) -> None:
-    r = _run(quick_bundle, tmp_path)
+    r = _run(quick_bundle, tmp_path, "--mixed", "4")
     report = (tmp_path / "report.md").read_text()
     assert r["format"] == "segue-gpu-bench" and r["version"] == 1 and r["candidates"] == 7
     assert r["device"]["onnxruntime"] == ort.__version__ and f"onnxruntime {ort.__version__}" in report
@@ -33,6 +33,10 @@ def test_cpu_only_run_writes_a_complete_report(quick_bundle: Path, tmp_path: Pat
         assert row["scores_per_s"] == pytest.approx(row["users_per_s"] * 7)
         assert row["max_abs_diff"] == 0.0 and row["top_same"] == 1.0
         assert f"| {row['batch']} | {row['median_ms']:.3f} ({row['p95_ms']:.3f})" in report
+    mixed = {row["variant"]: row for row in r["mixed"]["rows"]}
+    assert r["mixed"]["max_users"] == 4 and mixed["cpu-1t"]["calls"] == 5
+    assert 1 <= mixed["cpu-1t"]["mean_users"] <= 4 and mixed["cpu-1t"]["users_per_s"] > 0
+    assert "## Mixed batch sizes: 1..4 users per call" in report and "| cpu-1t | " in report
     assert r["fallback"]["ok"] and r["fallback"]["provider"] == CPU  # no GPU visible to the child
     assert "CUDA_VISIBLE_DEVICES=''" in report and "provider in use CPUExecutionProvider" in report
     assert (tmp_path / "gpu.png").stat().st_size > 1000 and "![" in report
@@ -46,8 +50,9 @@ def test_cpu_only_run_writes_a_complete_report(quick_bundle: Path, tmp_path: Pat
 
 
 def test_render_rewrites_report_and_plot_from_results(quick_bundle: Path, tmp_path: Path) -> None:
-    _run(quick_bundle, tmp_path, "--no-plot", "--no-fallback-check")
-    assert not (tmp_path / "gpu.png").exists() and "--render" not in (tmp_path / "report.md").read_text()
+    r = _run(quick_bundle, tmp_path, "--no-plot", "--no-fallback-check")
+    assert r["mixed"] is None and r["fallback"] is None
+    assert not (tmp_path / "gpu.png").exists() and "## Mixed" not in (tmp_path / "report.md").read_text()
     (tmp_path / "report.md").unlink()
     assert gpu.main(["--render", str(tmp_path)]) == 0
     assert (tmp_path / "gpu.png").is_file() and "## Parity against cpu-1t" in (tmp_path / "report.md").read_text()
