@@ -61,6 +61,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, choices=[1, 2], default=1)
     p.add_argument("--partitions", type=int, default=8)
     p.add_argument("--candidates", type=int, default=200, help="candidates retrieved and scored per user")
+    p.add_argument(
+        "--events-per-message",
+        type=int,
+        default=64,
+        help="pack up to this many events of one partition into a batch message, as an ingest gateway does (1: one "
+        "event per message)",
+    )
+    p.add_argument("--pack-window-ms", type=float, default=5.0, help="a batch message holds events due within this")
     p.add_argument("--batch-within-s", type=float, help="the workers' SEGUE_BATCH_WITHIN_S (default: the setting's)")
     p.add_argument("--rescore-timeout-ms", type=float, help="the workers' SEGUE_SCORING__RESCORE_TIMEOUT_MS")
     p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)

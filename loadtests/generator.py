@@ -5,6 +5,11 @@ clock starts, so the generator spends its time producing, not encoding. It paces
 offsets (seconds from its start): ``i / rate`` for a target rate, the compressed replay clock for a
 replay, or all zeros for as fast as possible. The broker timestamp of each message is its send time,
 which is what the worker's latency histogram and the recommendations' ``event_ms`` start from.
+
+With ``per_message > 1`` events are packed as an ingest gateway would: per partition, the events due within
+``window_s`` of the first one (at most ``per_message``) go out as one batch message (a JSON array, see
+docs/events.md), sent when its last event is due. At a paced rate that is small batches (the window
+bounds the added latency); as fast as possible, full ones.
 """
 
 from __future__ import annotations
@@ -27,26 +32,63 @@ class Payloads:
     """Everything the producer sends, ready to go."""
 
     topic: str
-    keys: list[bytes]
+    keys: list[bytes | None]
     values: list[bytes]
     partitions: list[int]
     offsets_s: np.ndarray  # float64 [n], when to send each message, seconds from the start
+    ends: np.ndarray  # int64 [n], events sent up to and including each message (cumulative)
 
     def __len__(self) -> int:
         return len(self.values)
 
     @property
+    def events(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    @property
     def mean_bytes(self) -> float:
-        return sum(map(len, self.values)) / max(1, len(self.values))
+        """Payload bytes per event (a batch message's bytes are shared by its events)."""
+        return sum(map(len, self.values)) / max(1, self.events)
 
 
-def encode(events: list[dict[str, Any]], topic: str, partitions: int, offsets_s: np.ndarray) -> Payloads:
-    """Encode ``events`` (already in send order) for ``topic`` with ``partitions`` partitions."""
+def encode(
+    events: list[dict[str, Any]],
+    topic: str,
+    partitions: int,
+    offsets_s: np.ndarray,
+    per_message: int = 1,
+    window_s: float = 0.005,
+) -> Payloads:
+    """Encode ``events`` (already in send order) for ``topic`` with ``partitions`` partitions, ``per_message``
+    events at most per message (see the module docstring)."""
     enc = msgspec.json.Encoder()
     keys = [e["user_id"].encode() for e in events]
     by_key: dict[bytes, int] = {}
     parts = [by_key.setdefault(k, (murmur2(k) & 0x7FFFFFFF) % partitions) for k in keys]
-    return Payloads(topic, keys, [enc.encode(e) for e in events], parts, np.asarray(offsets_s, dtype=np.float64))
+    values = [enc.encode(e) for e in events]
+    offsets = np.asarray(offsets_s, dtype=np.float64)
+    if per_message <= 1:
+        return Payloads(topic, list(keys), values, parts, offsets, np.arange(1, len(events) + 1, dtype=np.int64))
+    messages: list[tuple[float, int, list[int]]] = []  # (send offset, partition, event indices)
+    open_: dict[int, tuple[float, list[int]]] = {}
+    for i, part in enumerate(parts):
+        first, members = open_.get(part, (offsets[i], []))
+        if members and (len(members) >= per_message or offsets[i] - first > window_s):
+            messages.append((offsets[members[-1]], part, members))
+            first, members = offsets[i], []
+        members.append(i)
+        open_[part] = (first, members)
+    messages.extend((offsets[m[-1]], part, m) for part, (_, m) in open_.items() if m)
+    messages.sort(key=lambda m: (m[0], m[2][0]))
+    counts = np.cumsum([len(m[2]) for m in messages], dtype=np.int64)
+    return Payloads(
+        topic,
+        [None] * len(messages),
+        [b"[" + b",".join(values[i] for i in m[2]) + b"]" for m in messages],
+        [m[1] for m in messages],
+        np.asarray([m[0] for m in messages], dtype=np.float64),
+        counts,
+    )
 
 
 def schedule(n: int, rate: float | None, replay_ms: np.ndarray | None = None) -> np.ndarray:
@@ -60,7 +102,7 @@ def schedule(n: int, rate: float | None, replay_ms: np.ndarray | None = None) ->
 
 @dataclass(frozen=True)
 class GeneratorResult:
-    sent: int
+    sent: int  # events (a batch message counts its events)
     seconds: float  # from the first send to the last acknowledgement
     errors: int
     cpu_s: float  # the generator process's CPU time while sending
@@ -88,14 +130,14 @@ async def _produce(servers: list[str], p: Payloads, sent: Synchronized, chunk: i
             for k in range(i, stop):
                 pending.append(await producer.send(p.topic, p.values[k], key=p.keys[k], partition=p.partitions[k]))
             i = stop
-            sent.value = i
+            sent.value = int(p.ends[i - 1])
             if len(pending) >= 20_000:
                 done = await asyncio.gather(*pending, return_exceptions=True)
                 errors += sum(isinstance(d, BaseException) for d in done)
                 pending = []
         done = await asyncio.gather(*pending, return_exceptions=True)
         errors += sum(isinstance(d, BaseException) for d in done)
-        return GeneratorResult(n, time.perf_counter() - start, errors, time.process_time() - cpu0)
+        return GeneratorResult(p.events, time.perf_counter() - start, errors, time.process_time() - cpu0)
     finally:
         await producer.stop()
 

@@ -94,7 +94,9 @@ def worker_phase(b: Bench, replay: Replay) -> dict[str, Any]:
     n = len(replay.events)
     rate = args.rate
     offsets = schedule(n, rate, replay.replay_ms if args.compress else None)
-    payloads = encode(replay.events, b.topics.events, args.partitions, offsets)
+    payloads = encode(
+        replay.events, b.topics.events, args.partitions, offsets, args.events_per_message, args.pack_window_ms / 1000
+    )
     mem_before = redis_used_memory(b.redis.url)
     workers = [
         WorkerService(f"worker-{i + 1}", b.run_dir, b.settings("worker", b.topics, f"bench:{b.suffix}"))

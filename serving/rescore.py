@@ -223,9 +223,9 @@ def to_record(
 ) -> Recommendations:
     """A ``Recommendations`` record for one user's ranking."""
     reasons = ranking.reasons.reasons(track_ids) if ranking.reasons is not None else [None] * len(ranking.indices)
-    items = [
-        RecommendedTrack(track_id=track_ids[int(i)], score=round(float(s), 5), rank=r + 1, reason=why)
-        for r, (i, s, why) in enumerate(zip(ranking.indices, ranking.scores, reasons, strict=True))
+    items = [  # plain Python numbers first: numpy scalars are slow to convert one by one
+        RecommendedTrack(track_id=track_ids[i], score=round(s, 5), rank=r + 1, reason=why)
+        for r, (i, s, why) in enumerate(zip(ranking.indices.tolist(), ranking.scores.tolist(), reasons, strict=True))
     ]
     return Recommendations(
         user_id=user_id,

@@ -20,6 +20,7 @@ from serving.catalog import Catalog
 from serving.diversity import NEUTRAL, Preferences
 from serving.prefs_store import PreferencesStore
 from serving.rescore import Ranking, Rescorer, to_record
+from serving.rules import ActiveRules
 from serving.rules_store import RulesCache
 from streams.errors import InvalidEvent, RetryableError
 from streams.metrics import Metrics
@@ -86,6 +87,7 @@ class Processor:
         clock: Callable[[], int] = now_ms,
         rescore_timeout_s: float | None = None,
         cas_attempts: int = 5,
+        model_batch: int = 64,
         max_clock_skew_ms: int = 86_400_000,
         preferences: PreferencesStore | None = None,
         rules: RulesCache | None = None,
@@ -99,6 +101,7 @@ class Processor:
         self._dyn = dynamics or Dynamics()
         self._clock = clock
         self._timeout = rescore_timeout_s
+        self._model_batch = model_batch
         self._cas_attempts = cas_attempts
         self._max_skew_ms = max_clock_skew_ms
         self._preferences = preferences  # per-user exploration/diversity knob, read once per batch
@@ -202,12 +205,14 @@ class Processor:
         if self._model_call is None or self._model_call.done():  # at most one model call in flight
             self._model_call = asyncio.get_running_loop().run_in_executor(
                 self._model_thread,
-                partial(self._rescorer.rank, prefs=prefs, rules=rules, users=users),
+                partial(self._rank_in_chunks, prefs=prefs, rules=rules, users=users),
                 states,
                 [s.last_ts_ms for s in states],
             )
+            calls = -(-len(states) // self._model_batch)
+            timeout = self._timeout * calls if self._timeout is not None else None
             try:
-                rankings = await asyncio.wait_for(asyncio.shield(self._model_call), timeout=self._timeout)
+                rankings = await asyncio.wait_for(asyncio.shield(self._model_call), timeout=timeout)
             except TimeoutError:
                 pass
         if rankings is None:  # the model overran its slot (now or in an earlier batch): the cheap ranking
@@ -233,6 +238,23 @@ class Processor:
                 )
             )
         return recs
+
+    def _rank_in_chunks(
+        self,
+        states: list[SessionState],
+        now_ms: list[int],
+        prefs: list[Preferences] | None,
+        rules: ActiveRules | None,
+        users: list[str],
+    ) -> list[Ranking]:
+        """``Rescorer.rank`` over ``model_batch`` users at a time (bounded tensors, and a timeout that scales
+        with the number of calls rather than with one call's size)."""
+        out: list[Ranking] = []
+        for i in range(0, len(states), self._model_batch):
+            j = i + self._model_batch
+            part_prefs = prefs[i:j] if prefs is not None else None
+            out.extend(self._rescorer.rank(states[i:j], now_ms[i:j], prefs=part_prefs, rules=rules, users=users[i:j]))
+        return out
 
     async def _preferences_of(self, users: list[str]) -> list[Preferences] | None:
         """The batch's users' knobs in one round trip; ``None`` when nobody set one (the plain ranking)."""

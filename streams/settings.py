@@ -88,9 +88,12 @@ class ScoringSettings(BaseModel):
     candidates: int = Field(200, ge=1)
     recommendations: int = Field(20, ge=1)
     budget_ms: float = Field(50.0, gt=0)
-    # A model call slower than this is abandoned for the cheap ranking (retrieval similarity), so that
-    # recommendations still arrive within the budget.
+    # A model call slower than this per `model_batch` users is abandoned for the cheap ranking (retrieval
+    # similarity), so that recommendations still arrive within the budget.
     rescore_timeout_ms: float = Field(30.0, gt=0)
+    model_batch: int = Field(
+        64, ge=1, description="users per model call; a micro-batch with more users is scored in several calls"
+    )
     # Fault drills only: sleep this long in every model call (0 in production).
     inject_delay_ms: float = Field(0.0, ge=0)
     intra_op_threads: int = Field(1, ge=1)

@@ -84,6 +84,7 @@ def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None =
         scorer.provider,
         dynamics_from(settings),
         rescore_timeout_s=scoring.rescore_timeout_ms / 1000,
+        model_batch=scoring.model_batch,
         preferences=RedisPreferencesStore.connect(settings.redis),
         rules=RulesCache(
             RedisRulesStore.connect(settings.redis), catalog.index, catalog.artist_of, scoring.rules_refresh_s
