@@ -51,6 +51,7 @@ class PromptResult:
     expected: Mapping[str, int]
     delta: np.ndarray  # float32 [4]: mean over users of (steered - unsteered) top-k mean features
     moved_share: float  # share of users whose top-k mean moved the expected way on every expected feature
+    changed_share: float  # share of users whose top-k changed at all
     unsteered: np.ndarray  # float32 [4]: mean over users of the unsteered top-k mean features
 
     @property
@@ -105,7 +106,18 @@ def measure(
         ok = np.ones(len(states), bool)
         for f, sign in expected.items():
             ok &= np.sign(moved[:, FEATURES.index(f)]) == sign
-        out.append(PromptResult(prompt, reading, expected, moved.mean(axis=0), float(ok.mean()), base.mean(axis=0)))
+        changed = np.abs(moved).sum(axis=1) > 0
+        out.append(
+            PromptResult(
+                prompt,
+                reading,
+                expected,
+                moved.mean(axis=0),
+                float(ok.mean()),
+                float(changed.mean()),
+                base.mean(axis=0),
+            )
+        )
     return out
 
 
@@ -115,14 +127,14 @@ def report(results: Sequence[PromptResult], header: str) -> str:
         header,
         "",
         "| prompt | read as | expected | Δ energy | Δ valence | Δ acousticness | Δ danceability "
-        "| users moved as expected |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| lists changed | users moved as expected |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         read = ", ".join(f"{m.descriptor} ({m.similarity:.2f})" for m in r.reading.matches)
         exp = ", ".join(f"{f} {'up' if s > 0 else 'down'}" for f, s in r.expected.items())
         deltas = " | ".join(f"{d:+.3f}" for d in r.delta)
-        lines.append(f"| {r.prompt} | {read} | {exp} | {deltas} | {r.moved_share:.0%} |")
+        lines.append(f"| {r.prompt} | {read} | {exp} | {deltas} | {r.changed_share:.0%} | {r.moved_share:.0%} |")
     return "\n".join(lines)
 
 

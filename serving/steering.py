@@ -65,7 +65,20 @@ DESCRIPTORS: Final[Mapping[str, tuple[float, float, float, float]]] = {
     "evening": (-0.4, 0.0, 0.3, 0.0),
     "morning": (0.2, 0.6, 0.2, 0.0),
     "romantic": (-0.4, 0.5, 0.5, 0.0),
+    "mellow": (-0.8, 0.1, 0.4, -0.2),
+    "study": (-0.6, 0.0, 0.4, -0.3),
+    "gym": (1.0, 0.2, -0.3, 0.4),
+    "night": (-0.5, -0.2, 0.3, 0.0),
+    "lullaby": (-1.0, 0.2, 0.8, -0.5),
+    "summer": (0.5, 0.8, -0.1, 0.6),
+    "angry": (1.0, -0.8, -0.3, 0.0),
+    "peaceful": (-1.0, 0.4, 0.6, -0.3),
 }
+# Words that say nothing about the sound; they are not matched on their own (the whole prompt still is).
+STOPWORDS: Final = frozenset(
+    "a an and at for from i in it me music my of on playlist please play some something song songs the to "
+    "track tracks tunes vibe vibes with".split()
+)
 _WORD: Final = re.compile(r"[a-z0-9']+")
 
 
@@ -120,7 +133,7 @@ class PromptReader:
             raise InvalidSteer("the prompt is empty: send a few words such as 'upbeat workout'")
         if len(text) > 200:
             raise InvalidSteer(f"the prompt has {len(text)} characters; keep it under 200")
-        words = list(dict.fromkeys(_WORD.findall(text.lower())))
+        words = [w for w in dict.fromkeys(_WORD.findall(text.lower())) if w not in STOPWORDS]
         segments = [text] + [w for w in words if w != text.lower()]
         sims = self._encoder.encode(segments) @ self._desc.T  # [S, K]
         best = sims.max(axis=0)  # [K]
