@@ -406,7 +406,7 @@ class ArmResult:
     kinds: list[list[str]]  # per listener, per position
     tracks: list[list[int]]  # per listener, per position: the track played
     served: list[list[np.ndarray]]  # per listener, per position: the ranking read before choosing
-    shown: list[np.ndarray]  # every shown top-k list (flat)
+    shown: list[list[np.ndarray]]  # per listener, per position: the top-k list shown
     exhausted: int  # positions where no listed track was unheard (a random unheard track was played)
     wall_s: float
     extra: dict[str, Any] = field(default_factory=dict)
@@ -463,7 +463,7 @@ async def run_arm(
         kinds=[s.kinds for s in chairs],
         tracks=[s.heard for s in chairs],
         served=[s.served for s in chairs],
-        shown=[lst for s in chairs for lst in s.shown],
+        shown=[s.shown for s in chairs],
         exhausted=exhausted,
         wall_s=time.perf_counter() - started,
     )

@@ -73,22 +73,25 @@ def paired_difference(
 
 
 def list_quality(
-    lists: Sequence[np.ndarray], embeddings: np.ndarray, popularity: np.ndarray, n_tracks: int
+    lists: Sequence[Sequence[np.ndarray]], embeddings: np.ndarray, popularity: np.ndarray, n_tracks: int
 ) -> dict[str, float]:
-    """Catalog coverage, intra-list diversity and novelty of the recommendation lists a run served.
+    """Catalog coverage, intra-list diversity and novelty of the recommendation lists a run showed.
 
-    ``lists``: int [k] track indices per shown list (top-k); ``embeddings`` float32 [N, D] unit rows;
-    ``popularity`` [N] in (0, 1]. coverage: distinct tracks in any list / N; intra-list diversity: mean over
-    lists of the mean pairwise cosine distance (1 - cos) within the list; novelty: mean of -log2 popularity
-    over every listed track.
+    ``lists[l][p]``: int [k] track indices of the top-k list listener ``l`` was shown at position ``p``;
+    ``embeddings`` float32 [N, D] unit rows; ``popularity`` [N] in (0, 1]. coverage: at each position, the
+    distinct tracks in all listeners' lists / N, averaged over positions (one list per listener, as catalog
+    coverage is usually defined, so that it does not saturate with the session length); intra-list diversity:
+    mean over lists of the mean pairwise cosine distance (1 - cos) within the list; novelty: mean of
+    -log2 popularity over every listed track.
     """
-    if not lists:
+    flat = [lst for row in lists for lst in row]
+    if not flat:
         return {"coverage": 0.0, "intra_list_diversity": 0.0, "novelty": 0.0, "lists": 0}
-    seen: set[int] = set()
+    positions = max(len(row) for row in lists)
+    cover = [len({int(t) for row in lists if p < len(row) for t in row[p]}) / n_tracks for p in range(positions)]
     ild, nov = [], []
-    for lst in lists:
+    for lst in flat:
         idx = np.asarray(lst, dtype=np.int64)
-        seen.update(idx.tolist())
         nov.extend((-np.log2(np.maximum(popularity[idx], 1e-12))).tolist())
         k = len(idx)
         if k >= 2:
@@ -97,17 +100,20 @@ def list_quality(
             off = cos[~np.eye(k, dtype=bool)]
             ild.append(float(np.mean(1.0 - off)))
     return {
-        "coverage": len(seen) / n_tracks,
+        "coverage": float(np.mean(cover)),
         "intra_list_diversity": float(np.mean(ild)) if ild else 0.0,
         "novelty": float(np.mean(nov)),
-        "lists": len(lists),
+        "lists": len(flat),
     }
 
 
 def summarise_arm(kinds: Sequence[Sequence[str]], boot: np.ndarray, late_from: int) -> dict[str, Any]:
     """Per-position skip and like rates with CIs, and the skip rate from ``late_from`` on."""
     skip, like = indicator(kinds, "skip"), indicator(kinds, "like")
+    prev, nxt = skip[:, :-1].ravel(), skip[:, 1:].ravel()
     return {
+        "skip_after_skip": float(nxt[prev == 1].mean()) if (prev == 1).any() else float("nan"),
+        "skip_after_keep": float(nxt[prev == 0].mean()) if (prev == 0).any() else float("nan"),
         "skip_by_position": rate_by_position(skip, boot),
         "like_by_position": rate_by_position(like, boot),
         "skip_overall": window_rate(skip, boot, 0),

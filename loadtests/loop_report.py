@@ -142,14 +142,16 @@ def markdown(r: dict[str, Any]) -> str:
         f"how many of the next top {c['list_k']} are new (not in the previous top {c['list_k']}) after a skip and "
         "after a play or like:",
         "",
-        "| recommender | skipped track relisted | new in top after a skip | new in top after a play/like |",
-        "|---|---|---|---|",
+        "| recommender | skipped track relisted | new in top after a skip | new in top after a play/like | "
+        "P(skip after a skip) | P(skip after a play/like) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, a in r["arms"].items():
         re_ = a["reaction"]
         lines.append(
             f"| {ARM_STYLE.get(name, (name,))[0]} | {_pct(re_['skipped_relisted'])} of {re_['skips']:.0f} | "
-            f"{re_['turnover_after_skip']:.2f} | {re_['turnover_after_play']:.2f} |"
+            f"{re_['turnover_after_skip']:.2f} | {re_['turnover_after_play']:.2f} | {_pct(a['skip_after_skip'])} | "
+            f"{_pct(a['skip_after_keep'])} |"
         )
     lines += ["", "![skip and like rate by position](skip_like_by_position.png)", ""]
     lv = r.get("live") or {}
@@ -182,8 +184,9 @@ def markdown(r: dict[str, Any]) -> str:
         "## Definitions",
         "",
         "* skip/like rate: share of positions whose track was skipped/liked; by position: over listeners.",
-        "* coverage: distinct tracks in any shown top-10 list / catalog size; intra-list diversity: mean pairwise "
-        "cosine distance of the bundle's item embeddings within a shown list; novelty: mean -log2 popularity "
+        "* coverage: at each position the distinct tracks in all listeners' top-10 lists / catalog size, averaged "
+        "over positions; intra-list diversity: mean pairwise cosine distance of the bundle's item embeddings "
+        "within a shown list; novelty: mean -log2 popularity "
         "(catalog popularity in (0, 1]) of listed tracks.",
         "* static: segue's retrieval and model on a state whose session vectors and counters are zero (long-term "
         "taste as at session start); random: uniformly random unheard tracks. Same listeners, seeds and moods.",

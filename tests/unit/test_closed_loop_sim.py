@@ -172,10 +172,11 @@ def test_rates_reduction_and_bootstrap():
 def test_list_quality_and_reaction():
     emb = np.eye(4, dtype=np.float32)
     pop = np.array([1.0, 0.5, 0.25, 1.0])
-    q = lm.list_quality([np.array([0, 1]), np.array([1, 2])], emb, pop, 4)
-    assert q["coverage"] == 0.75 and q["intra_list_diversity"] == pytest.approx(1.0)
-    assert q["novelty"] == pytest.approx((0 + 1 + 1 + 2) / 4)
-    same = lm.list_quality([np.array([0, 3])], np.ones((4, 4), np.float32) / 2, pop, 4)
+    # two listeners, two positions: position 0 lists {0, 1} and {1, 2} (3 of 4 tracks), position 1 {0, 1} (2 of 4)
+    q = lm.list_quality([[np.array([0, 1]), np.array([0, 1])], [np.array([1, 2]), np.array([1, 0])]], emb, pop, 4)
+    assert q["coverage"] == pytest.approx((0.75 + 0.5) / 2) and q["intra_list_diversity"] == pytest.approx(1.0)
+    assert q["novelty"] == pytest.approx((0 + 1 + 0 + 1 + 1 + 2 + 1 + 0) / 8) and q["lists"] == 4
+    same = lm.list_quality([[np.array([0, 3])]], np.ones((4, 4), np.float32) / 2, pop, 4)
     assert same["intra_list_diversity"] == pytest.approx(0.0)
     served = [[np.array([0, 1, 2]), np.array([0, 2, 3]), np.array([0, 3, 1])]]
     r = lm.reaction([["skip", "play", "play"]], [[0, 2, 1]], served, 2)
