@@ -21,7 +21,7 @@ from serving.settings import ApiSettings
 from serving.steer_api import Steering
 from serving.steering import FeatureMap, PromptReader, catalog_features
 from serving.text_encoder import TextEncoder
-from streams.errors import SegueError
+from streams.errors import ModelError, SegueError
 from streams.metrics import Metrics
 from streams.pipeline import now_ms
 from streams.sdk import EventProducer
@@ -54,14 +54,19 @@ def build_api(settings: ApiSettings) -> FastAPI:
     bias = session_bias(scoring, settings.redis, catalog.model_version)
     steering = None
     if scoring.steering and bias is not None and bias.steers is not None:
-        steering = Steering(
-            load_reader=lambda: PromptReader(TextEncoder.load()),
-            fmap=FeatureMap.fit(catalog_features(scoring.model_dir), catalog.embeddings),
-            store=bias.steers,
-            model_version=catalog.model_version,
-            default_ttl_s=settings.steer_default_ttl_s,
-            clock=now_ms,
-        )
+        try:
+            fmap = FeatureMap.fit(catalog_features(scoring.model_dir), catalog.embeddings)
+        except ModelError as exc:  # a catalog without audio features: serve, but without the steer routes
+            log.warning("steering by prompt is off: %s", exc)
+        else:
+            steering = Steering(
+                load_reader=lambda: PromptReader(TextEncoder.load()),
+                fmap=fmap,
+                store=bias.steers,
+                model_version=catalog.model_version,
+                default_ttl_s=settings.steer_default_ttl_s,
+                clock=now_ms,
+            )
     editorial = editorial_from(
         settings.redis, store, catalog, rescorer, scorer.provider, settings.scoring.rules_refresh_s
     )

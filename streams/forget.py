@@ -1,4 +1,5 @@
-"""``segue-forget USER [USER ...]``: remove everything segue stores about listeners (state, recommendations).
+"""``segue-forget USER [USER ...]``: remove everything segue stores about listeners (state, recommendations,
+prompt steer).
 
 Uses the worker's Redis settings (``SEGUE_REDIS__*``). Events already on Kafka topics age out with the
 topics' retention; this command removes the derived per-user data.
@@ -13,25 +14,35 @@ from collections.abc import Sequence
 
 from streams.errors import StoreUnavailable
 from streams.settings import WorkerSettings
+from streams.steer_store import RedisSteerStore, SteerStore
 from streams.stores import RedisStore
 
 
-async def forget(store: RedisStore, users: Sequence[str]) -> dict[str, bool]:
-    """Forget each user; True where something was stored."""
-    return {u: await store.forget_user(u) for u in users}
+async def forget(store: RedisStore, users: Sequence[str], steers: SteerStore | None = None) -> dict[str, bool]:
+    """Forget each user (their state, recommendations and prompt steer); True where something was stored."""
+    out = {}
+    for u in users:
+        found = await store.forget_user(u)
+        if steers is not None:
+            found = await steers.delete_steer(u) or found
+        out[u] = found
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="segue-forget", description=__doc__.split("\n\n")[0])
     parser.add_argument("users", nargs="+", help="user ids")
     args = parser.parse_args(argv)
-    store = RedisStore.connect(WorkerSettings().redis)
+    settings = WorkerSettings().redis
+    store = RedisStore.connect(settings)
+    steers = RedisSteerStore.connect(settings)
 
     async def run() -> dict[str, bool]:
         try:
-            return await forget(store, args.users)
+            return await forget(store, args.users, steers)
         finally:
             await store.close()
+            await steers.close()
 
     try:
         result = asyncio.run(run())

@@ -8,7 +8,9 @@ from streams.forget import main
 from streams.records import Like, Recommendations, RecommendedTrack
 from streams.session import SessionState, apply_event
 from streams.settings import RedisSettings
+from streams.steer_store import RedisSteerStore
 from streams.stores import RedisStore
+from tests.steer_store_suite import NOW, steer
 
 
 def test_forget_user_removes_state_and_recommendations(embedded_stack, redis_prefix, monkeypatch, capsys):
@@ -22,6 +24,9 @@ def test_forget_user_removes_state_and_recommendations(embedded_stack, redis_pre
         await store.put_states({"gone": state, "kept": state})
         await store.put_recommendations([recs])
         await store.close()
+        steers = RedisSteerStore.connect(settings)
+        await steers.put_steer("steered-only", steer("calm", NOW + 60_000), NOW)
+        await steers.close()
 
     async def look():
         store = RedisStore.connect(settings)
@@ -33,8 +38,9 @@ def test_forget_user_removes_state_and_recommendations(embedded_stack, redis_pre
     asyncio.run(seed())
     monkeypatch.setenv("SEGUE_REDIS__URL", settings.url)
     monkeypatch.setenv("SEGUE_REDIS__KEY_PREFIX", redis_prefix)
-    assert main(["gone", "never-seen"]) == 0
+    assert main(["gone", "never-seen", "steered-only"]) == 0
     out = capsys.readouterr().out
     assert "gone: forgotten" in out and "never-seen: nothing stored" in out
+    assert "steered-only: forgotten" in out  # a prompt steer is per-user data too
     (gone, kept), gone_recs = asyncio.run(look())
     assert gone is None and gone_recs is None and kept is not None
