@@ -22,7 +22,7 @@ sentence when the list is read.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 import numpy as np
@@ -65,8 +65,9 @@ TEMPLATES: Final = {
     SESSION_FIT: "Fits your session.",
 }
 
-# How far back the exact removal looks for the strength of plays (older events weigh decay^12 ~ 0.002).
-FIT_WINDOW: Final = 12
+# How many of a session's most recent events the removal works with (older ones weigh decay^16 ~ 3e-4 and are
+# carried as one residual that ages with them).
+WINDOW: Final = 16
 
 # Per-track kinds the ranking step hands over.
 KIND_RANKED: Final = 0
@@ -122,101 +123,176 @@ class Explanations:
 
 
 @dataclass(frozen=True)
-class Removal:
-    """A session without one of its events: the model's user inputs. pos/neg/taste float32 [D], context [8]."""
+class Removals:
+    """Sessions without one of their events each: the model's user inputs for B users x R removals.
+
+    pos, neg, taste float32 [B, R, D]; context float32 [B, R, 8] (``streams.session.CONTEXT_FEATURES``).
+    """
 
     pos: np.ndarray
     neg: np.ndarray
     taste: np.ndarray
-    state: SessionState  # counters and last outcome as after the replay (vectors as above)
+    context: np.ndarray
 
 
-def play_strengths(state: SessionState, items: np.ndarray, dyn: Dynamics) -> np.ndarray:
-    """The weight each event of the current session added to ``pos``, float64 [E] for ``state.recent``.
+def _window_codes(states: Sequence[SessionState], w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``w`` events of each session, right-aligned: track int64 [B, w] and outcome int64 [B, w]
+    (-1 where a session has fewer)."""
+    b = len(states)
+    tracks = np.full((b, w), -1, np.int64)
+    outcomes = np.full((b, w), -1, np.int64)
+    for i, s in enumerate(states):
+        m = min(w, len(s.recent))
+        if m:
+            tracks[i, w - m :] = s.recent[-m:]
+            outcomes[i, w - m :] = s.outcomes[-m:]
+    return tracks, outcomes
 
-    Likes weigh ``like_weight`` and skips add nothing to ``pos``; a play's weight (how much of it was heard)
-    is not stored, so it is recovered by least squares from ``pos``, which is exactly a sum of the session's
-    items times decay^age times weight: exact while the session has at most D/2 plays, else fitted over the
-    last ``FIT_WINDOW`` events (older ones weigh decay^12 ~ 0.002 and stay in the residual).
+
+def _window(states: Sequence[SessionState], items: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_window_codes`` and the tracks' embeddings float64 [B, w, D] (zero where there is no event)."""
+    tracks, outcomes = _window_codes(states, w)
+    emb = np.where((tracks >= 0)[..., None], items[np.maximum(tracks, 0)], 0.0).astype(np.float64)
+    return tracks, outcomes, emb
+
+
+def play_strengths(pos: np.ndarray, outcomes: np.ndarray, emb: np.ndarray, dyn: Dynamics) -> np.ndarray:
+    """The weight each windowed event added to ``pos``: float64 [B, W].
+
+    Likes weigh ``like_weight``, skips and empty slots nothing; a play's weight (how much was heard) is not
+    stored, so it is recovered by least squares (batched normal equations) from ``pos``, which is exactly a sum
+    of the session's items times decay^age times weight: exact while the session fits the window and has at
+    most D plays with independent items. pos float32 [B, D], outcomes [B, W], emb [B, W, D].
     """
-    outcomes = np.asarray(state.outcomes, dtype=np.int64)
-    e = len(outcomes)
-    ages = np.arange(e - 1, -1, -1, dtype=np.float64)
-    weights = np.where(outcomes == LIKED, dyn.like_weight, 0.0)
-    plays = np.flatnonzero(outcomes == PLAYED)
-    if len(plays) > items.shape[1] // 2:  # too many unknowns for the dimension: fit the recent ones only
-        plays = np.flatnonzero((outcomes == PLAYED) & (ages < FIT_WINDOW))
-    if len(plays):
-        decays = dyn.decay**ages
-        known = (weights * decays) @ items[list(state.recent)].astype(np.float64) if e else 0.0
-        cols = items[[state.recent[j] for j in plays]].astype(np.float64).T * decays[plays]  # [D, P]
-        sol, *_ = np.linalg.lstsq(cols, state.pos.astype(np.float64) - known, rcond=None)
-        weights[plays] = np.clip(sol, 0.0, None)
+    w = outcomes.shape[1]
+    coef = dyn.decay ** np.arange(w - 1, -1, -1, dtype=np.float64)  # [W] decay^age
+    weights = np.where(outcomes == LIKED, dyn.like_weight, 0.0)  # [B, W]
+    is_play = outcomes == PLAYED
+    if is_play.any():
+        known = ((weights * coef)[:, None, :] @ emb)[:, 0]  # [B, D]
+        cols = emb * (coef * is_play)[..., None]  # [B, W, D]; non-play columns zero
+        gram = cols @ np.swapaxes(cols, 1, 2)  # [B, W, W] normal equations, solved batched
+        gram += np.eye(w) * np.where(is_play, 1e-12, 1.0)[:, None, :]  # non-plays: a unit diagonal, weight 0
+        rhs = cols @ (pos.astype(np.float64) - known)[..., None]  # [B, W, 1]
+        sol = np.linalg.solve(gram, rhs)[..., 0]
+        weights = np.where(is_play, np.clip(sol, 0.0, None), weights)
     return weights
 
 
-def without_event(state: SessionState, k: int, items: np.ndarray, dyn: Dynamics, weights: np.ndarray) -> Removal:
-    """The state as if event ``k`` (index into ``state.recent``, current session) had never happened.
-
-    ``weights``: from ``play_strengths``. Exact for the decayed sums (events before ``k`` lose one decay step),
-    the taste (its affine updates are undone back to before ``k`` and redone without it) and the counters.
-    """
-    e = len(state.recent)
-    d = dyn.decay
-    outcomes = state.outcomes
-    emb = items[list(state.recent)].astype(np.float64)  # [E, D]
-    ages = np.arange(e - 1, -1, -1, dtype=np.float64)
-    coef = d**ages  # [E]
-    is_skip = np.asarray(outcomes) == SKIPPED
-    pos_c = np.where(is_skip, 0.0, weights) * coef
-    neg_c = np.where(is_skip, dyn.skip_weight, 0.0) * coef
-    # Without event k, every event before it is one decay step younger; what the session's events do not
-    # explain (events cut from ``recent``, the fit's error) is older still. Rebuilt from the coefficients,
-    # so a part that was exactly zero in the replay (no positives left) stays exactly zero here.
-    shift = np.where(np.arange(e) < k, 1.0 / d, 1.0)
-    shift[k] = 0.0
-    pos_after = _rebuild(state.pos, pos_c, shift, emb, d)
-    neg_after = _rebuild(state.neg, neg_c, shift, emb, d)
-
-    taste = state.taste.astype(np.float64)
-    if outcomes[k] != SKIPPED:
-        rates = [dyn.taste_rate * (2.0 if outcomes[j] == LIKED else weights[j]) for j in range(e)]
-        t = taste
-        for j in range(e - 1, k - 1, -1):  # undo the taste updates back to before event k
-            if outcomes[j] != SKIPPED and rates[j] < 1.0:
-                t = (t - rates[j] * emb[j]) / (1.0 - rates[j])
-        if np.linalg.norm(t) < 1e-5 * np.linalg.norm(taste):  # no taste before the event: exactly none
-            t = np.zeros_like(t)
-        for j in range(k + 1, e):  # redo the later ones
-            if outcomes[j] != SKIPPED:
-                t = (1.0 - rates[j]) * t + rates[j] * emb[j]
-        taste = t
-
-    rest = outcomes[:k] + outcomes[k + 1 :]
-    o = outcomes[k]
-    after = replace(
-        state,
-        recent=state.recent[:k] + state.recent[k + 1 :],
-        outcomes=rest,
-        plays=state.plays - (o == PLAYED),
-        skips=state.skips - (o == SKIPPED),
-        likes=state.likes - (o == LIKED),
-        events=max(0, state.events - 1),
-        last_outcome=rest[-1] if rest else -1,
+def _snap(residual: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """Zero the residuals [..., D] below float32 precision of ``whole`` (so an exact zero stays exactly zero)."""
+    tiny = np.linalg.norm(residual, axis=-1, keepdims=True) <= 1e-5 * np.maximum(
+        1.0, np.linalg.norm(whole, axis=-1, keepdims=True)
     )
+    return np.where(tiny, 0.0, residual)
+
+
+def remove_events(
+    states: Sequence[SessionState],
+    ks: np.ndarray,
+    items: np.ndarray,
+    dyn: Dynamics,
+    now_ms: Sequence[int],
+    base_context: np.ndarray | None = None,
+    window: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> Removals:
+    """Each session without event ``ks[b, r]`` (a position in the last ``WINDOW`` events, counted from the
+    window's end: -1 is the latest), as if it had been replayed through ``apply_event`` without it.
+
+    Exact for the decayed sums (events before the removed one are one decay step younger), for the taste
+    (its affine updates are undone back to before the event and redone without it) and for the counters.
+    ks int64 [B, R] with values in [-WINDOW, -1]; ``base_context`` float32 [B, 8]: the sessions' own
+    ``context_features`` at ``now_ms`` and ``window`` the sessions' ``_window`` (computed here when not given).
+    """
+    if base_context is None:
+        base_context = np.stack([context_features(s, t) for s, t in zip(states, now_ms, strict=True)])
+    b, r = ks.shape
+    w = WINDOW
+    _, outcomes, emb = window if window is not None else _window(states, items, w)  # [B, W], [B, W, D]
+    pos = np.stack([s.pos for s in states]).astype(np.float64)  # [B, D]
+    neg = np.stack([s.neg for s in states]).astype(np.float64)
+    taste = np.stack([s.taste for s in states]).astype(np.float64)
+    d = dyn.decay
+    coef = d ** np.arange(w - 1, -1, -1, dtype=np.float64)  # [W]
+    weights = play_strengths(pos, outcomes, emb, dyn)  # [B, W]
+    is_skip = outcomes == SKIPPED
+    pos_c = np.where(is_skip, 0.0, weights) * coef  # [B, W]
+    neg_c = np.where(is_skip, dyn.skip_weight, 0.0) * coef
+    pos_res = _snap(pos - (pos_c[:, None, :] @ emb)[:, 0], pos)  # older than the window, or the fit's error
+    neg_res = _snap(neg - (neg_c[:, None, :] @ emb)[:, 0], neg)
+
+    k = ks + w  # [B, R] absolute positions in the window
+    j = np.arange(w)
+    shift = np.where(j[None, None, :] < k[..., None], 1.0 / d, 1.0)  # [B, R, W]
+    shift = np.where(j[None, None, :] == k[..., None], 0.0, shift)
+    pos_after = (pos_c[:, None, :] * shift) @ emb + pos_res[:, None, :] / d  # [B, R, D]
+    neg_after = (neg_c[:, None, :] * shift) @ emb + neg_res[:, None, :] / d
+
+    # The taste: undo the updates from the newest back to the removed event, then redo the later ones.
+    rate = np.where(outcomes == LIKED, 2.0, np.where(outcomes == PLAYED, weights, 0.0)) * dyn.taste_rate  # [B, W]
+    rate = np.minimum(rate, 0.999)
+    t = np.repeat(taste[:, None, :], r, axis=1)  # [B, R, D]
+    first = int(k.min()) if k.size else w  # no event before the earliest removed one changes
+    for jj in range(w - 1, first - 1, -1):
+        a = rate[:, jj][:, None, None]
+        undone = (t - a * emb[:, jj][:, None, :]) / (1.0 - a)
+        t = np.where((jj >= k)[..., None], undone, t)
+    t = np.where(
+        np.linalg.norm(t, axis=-1, keepdims=True) < 1e-5 * np.linalg.norm(taste, axis=-1)[:, None, None], 0.0, t
+    )  # no taste before the event: exactly none
+    for jj in range(first + 1, w):
+        a = rate[:, jj][:, None, None]
+        redone = (1.0 - a) * t + a * emb[:, jj][:, None, :]
+        t = np.where((jj > k)[..., None], redone, t)
+    removed_taste_kept = ~(np.take_along_axis(outcomes, k, axis=1) >= 0) | (
+        np.take_along_axis(outcomes, k, axis=1) == SKIPPED
+    )
+    t = np.where(removed_taste_kept[..., None], taste[:, None, :], t)
+
+    context = _contexts_without(states, outcomes, k, base_context)
     f32 = np.float32
-    return Removal(pos_after.astype(f32), neg_after.astype(f32), taste.astype(f32), after)
+    return Removals(pos_after.astype(f32), neg_after.astype(f32), t.astype(f32), context)
 
 
-def _rebuild(vector: np.ndarray, coef: np.ndarray, shift: np.ndarray, emb: np.ndarray, decay: float) -> np.ndarray:
-    """``sum_j coef_j * shift_j * emb_j`` plus the unexplained residual aged one step (dropped below float32
-    precision). vector float32 [D], coef/shift float64 [E], emb float64 [E, D] -> float64 [D]."""
-    v = vector.astype(np.float64)
-    residual = v - coef @ emb
-    out = (coef * shift) @ emb
-    if np.linalg.norm(residual) > 1e-5 * max(1.0, float(np.linalg.norm(v))):
-        out = out + residual / decay
-    return out
+def _contexts_without(
+    states: Sequence[SessionState], outcomes: np.ndarray, k: np.ndarray, base: np.ndarray
+) -> np.ndarray:
+    """``streams.session.context_features`` of each session without event k: float32 [B, R, 8]. Only the
+    counters and the last outcome change; the hour features stay (tests check it against a replay)."""
+    counts = np.asarray([[s.plays, s.skips, s.likes, s.events] for s in states], np.float64)  # [B, 4]
+    o = np.take_along_axis(outcomes, k, axis=1)  # [B, R]
+    plays = counts[:, :1] - (o == PLAYED)
+    skips = counts[:, 1:2] - (o == SKIPPED)
+    likes = counts[:, 2:3] - (o == LIKED)
+    events = np.maximum(counts[:, 3:4] - 1, 0)
+    heard = plays + skips
+    w = outcomes.shape[1]
+    prev = np.where(k == w - 1, outcomes[:, -2:-1] if w > 1 else -1, outcomes[:, -1:])  # the last outcome left
+    out = np.repeat(base[:, None, :], k.shape[1], axis=1).astype(np.float64)
+    out[..., 0] = np.where(heard > 0, skips / np.maximum(heard, 1), 0.0)
+    out[..., 1] = np.log1p(plays) / 4.0
+    out[..., 2] = np.log1p(skips) / 4.0
+    out[..., 3] = np.log1p(likes) / 4.0
+    out[..., 4] = np.log1p(events) / 4.0
+    out[..., 7] = (prev == SKIPPED).astype(np.float64)
+    return out.astype(np.float32)
+
+
+def citable(tracks: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``r`` most recent events of each window whose track occurs once in it (a repeated track's share of
+    the session cannot be told apart): (positions from the window's end int64 [B, r], -1 where unused; valid
+    bool [B, r]). tracks int64 [B, W], -1 for no event."""
+    present = tracks >= 0
+    counts = ((tracks[:, :, None] == tracks[:, None, :]) & present[:, None, :]).sum(axis=2)  # [B, W]
+    ok = (present & (counts == 1))[:, ::-1]  # newest first
+    order = np.cumsum(ok, axis=1) - 1  # how many eligible events are newer, per newest-first slot
+    ks = np.full((tracks.shape[0], r), -1, np.int64)
+    valid = np.zeros((tracks.shape[0], r), bool)
+    for i in range(r):
+        hit = ok & (order == i)  # [B, W]
+        valid[:, i] = hit.any(axis=1)
+        ks[:, i] = np.where(valid[:, i], -(hit.argmax(axis=1) + 1), -1)
+    return ks, valid
 
 
 class Explainer:
@@ -231,7 +307,7 @@ class Explainer:
         scorer: Scorer,
         embeddings: np.ndarray,
         dynamics: Dynamics | None = None,
-        events: int = 3,
+        events: int = 2,
         min_contribution: float = 1e-3,
     ) -> None:
         self._scorer = scorer
@@ -251,76 +327,73 @@ class Explainer:
     ) -> list[Explanations]:
         """Per user b: ``picks[b]`` track indices int64 [n], ``base[b]`` their model scores float32 [n],
         ``boost[b]`` their editorial boosts float32 [n], ``kinds[b]`` int8 [n] (``KIND_*``)."""
-        rows_pos, rows_neg, rows_taste, rows_ctx, rows_cand = [], [], [], [], []
-        plan: list[list[int]] = []  # per user: the cited-event indices of their rows (then one taste row)
-        for state, now, idx in zip(states, now_ms, picks, strict=True):
-            cand = self._items[idx]  # [n, D]
-            ks = self._citable(state)
-            if ks:
-                weights = play_strengths(state, self._items, self._dyn)
-                for k in ks:
-                    r = without_event(state, k, self._items, self._dyn, weights)
-                    rows_pos.append(r.pos)
-                    rows_neg.append(r.neg)
-                    rows_taste.append(r.taste)
-                    rows_ctx.append(context_features(r.state, now))
-                    rows_cand.append(cand)
-            rows_pos.append(state.pos)
-            rows_neg.append(state.neg)
-            rows_taste.append(np.zeros_like(state.taste))
-            rows_ctx.append(context_features(state, now))
-            rows_cand.append(cand)
-            plan.append(ks)
-        if len({len(c) for c in rows_cand}) > 1:  # lists of different lengths: pad to one shape
-            width = max(len(c) for c in rows_cand)
-            rows_cand = [np.concatenate([c, np.zeros((width - len(c), c.shape[1]), c.dtype)]) for c in rows_cand]
+        b_count, r_count = len(states), self.events
+        window = _window(states, self._items, WINDOW)
+        ks, valid = citable(window[0], r_count)  # [B, R] window positions from its end
+        base_ctx = np.stack([context_features(s, t) for s, t in zip(states, now_ms, strict=True)])  # [B, 8]
+        removed = remove_events(states, ks, self._items, self._dyn, now_ms, base_ctx, window)  # [B, R, ...]
+        n = max((len(p) for p in picks), default=0)
+        padded = np.zeros((b_count, n), np.int64)
+        for b, p in enumerate(picks):
+            padded[b, : len(p)] = p
+        cand = self._items[padded]  # [B, n, D]
+        rows = r_count + 1  # R removals, then the taste zeroed
+        pos = np.concatenate([removed.pos, np.stack([s.pos for s in states])[:, None]], axis=1)  # [B, R+1, D]
+        neg = np.concatenate([removed.neg, np.stack([s.neg for s in states])[:, None]], axis=1)
+        taste = np.concatenate([removed.taste, np.zeros_like(removed.taste[:, :1])], axis=1)
+        ctx = np.concatenate([removed.context, base_ctx[:, None]], axis=1)  # [B, R+1, 8]
+        d = cand.shape[-1]
         scores = self._scorer.score(
-            np.stack(rows_pos), np.stack(rows_neg), np.stack(rows_taste), np.stack(rows_ctx), np.stack(rows_cand)
-        )  # [rows, n]
-        out, row = [], 0
-        for state, idx, b, bo, kind, ks in zip(states, picks, base, boost, kinds, plan, strict=True):
-            n = len(idx)
-            contrib = b[None, :] - scores[row : row + len(ks) + 1, :n]  # [R_b + 1, n]: events..., taste
-            row += len(ks) + 1
-            out.append(self._choose(state, ks, contrib, bo, kind))
-        return out
-
-    def _citable(self, state: SessionState) -> list[int]:
-        """The most recent (up to ``events``) events of the session whose track occurs once in it."""
-        e = len(state.recent)
-        if e == 0 or state.events == 0:
-            return []
-        counts: dict[int, int] = {}
-        for t in state.recent:
-            counts[t] = counts.get(t, 0) + 1
-        ks = [k for k in range(e - 1, -1, -1) if counts[state.recent[k]] == 1]
-        return sorted(ks[: self.events])
+            pos.reshape(-1, d),
+            neg.reshape(-1, d),
+            taste.reshape(-1, d),
+            ctx.reshape(b_count * rows, -1),
+            np.broadcast_to(cand[:, None], (b_count, rows, n, d)).reshape(-1, n, d),
+        ).reshape(b_count, rows, n)  # one model call: [B * (R + 1), n]
+        base_arr = np.full((b_count, n), np.nan)
+        boost_arr = np.zeros((b_count, n))
+        kind_arr = np.full((b_count, n), KIND_RANKED, np.int8)
+        for b in range(b_count):
+            m = len(picks[b])
+            base_arr[b, :m], boost_arr[b, :m], kind_arr[b, :m] = base[b], boost[b], kinds[b]
+        contrib = base_arr[:, None, :] - scores  # [B, R+1, n]: the events..., then the taste
+        contrib[:, :r_count][~valid] = -np.inf
+        codes, cited, value = self._choose(window[0], window[1], ks, contrib, boost_arr, kind_arr)
+        return [Explanations(codes[b, : len(p)], cited[b, : len(p)], value[b, : len(p)]) for b, p in enumerate(picks)]
 
     def _choose(
-        self, state: SessionState, ks: list[int], contrib: np.ndarray, boost: np.ndarray, kind: np.ndarray
-    ) -> Explanations:
-        n = contrib.shape[1]
-        codes = np.full(n, REASON_CODES.index(SESSION_FIT), np.int8)
-        cited = np.full(n, -1, np.int64)
-        value = np.zeros(n, np.float32)
-        for j in range(n):
-            if kind[j] == KIND_PINNED:
-                codes[j] = REASON_CODES.index(EDITORIAL_PIN)
-                continue
-            if kind[j] == KIND_EXPLORED:
-                codes[j] = REASON_CODES.index(EXPLORATION)
-                continue
-            options = [(float(contrib[r, j]), r) for r in range(len(ks) + 1)] + [(float(boost[j]), -1)]
-            best, r = max(options)
-            if best <= self.min_contribution:
-                continue
-            value[j] = best
-            if r == -1:
-                codes[j] = REASON_CODES.index(EDITORIAL_BOOST)
-            elif r == len(ks):
-                codes[j] = REASON_CODES.index(LONG_TERM_TASTE)
-            else:
-                k = ks[r]
-                codes[j] = REASON_CODES.index(_EVENT_CODE[state.outcomes[k]])
-                cited[j] = state.recent[k]
-        return Explanations(codes, cited, value)
+        self,
+        tracks: np.ndarray,  # int64 [B, W] the sessions' windows
+        outcomes: np.ndarray,  # int64 [B, W]
+        ks: np.ndarray,  # int64 [B, R] window positions from its end
+        contrib: np.ndarray,  # float64 [B, R+1, n]
+        boost: np.ndarray,  # float64 [B, n]
+        kinds: np.ndarray,  # int8 [B, n]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The largest contribution per track: (code index int8 [B, n], cited track int64 [B, n], value [B, n])."""
+        b_count, r_count = ks.shape
+        ev_outcome = np.take_along_axis(outcomes, ks + WINDOW, axis=1)  # [B, R]
+        ev_track = np.take_along_axis(tracks, ks + WINDOW, axis=1)
+        lookup = np.full(4, REASON_CODES.index(SESSION_FIT), np.int8)  # outcome code (or -1 -> slot 3) -> reason
+        for outcome, code in _EVENT_CODE.items():
+            lookup[outcome] = REASON_CODES.index(code)
+        ev_code = lookup[np.where(ev_outcome >= 0, ev_outcome, 3)]  # [B, R]
+        options = np.concatenate([contrib, boost[:, None, :]], axis=1)  # [B, R+2, n]
+        best = np.nan_to_num(options, nan=-np.inf).argmax(axis=1)  # [B, n]
+        value = np.take_along_axis(options, best[:, None, :], axis=1)[:, 0, :]
+        from_event = best < r_count
+        slot = np.minimum(best, r_count - 1)
+        codes = np.where(
+            from_event,
+            np.take_along_axis(ev_code, slot, axis=1),
+            np.where(best == r_count, REASON_CODES.index(LONG_TERM_TASTE), REASON_CODES.index(EDITORIAL_BOOST)),
+        ).astype(np.int8)
+        cited = np.where(from_event, np.take_along_axis(ev_track, slot, axis=1), -1)
+        weak = ~(value > self.min_contribution)
+        special = (kinds == KIND_PINNED) | (kinds == KIND_EXPLORED)
+        codes[weak] = REASON_CODES.index(SESSION_FIT)
+        codes[kinds == KIND_PINNED] = REASON_CODES.index(EDITORIAL_PIN)
+        codes[kinds == KIND_EXPLORED] = REASON_CODES.index(EXPLORATION)
+        cited = np.where(weak | special, -1, cited).astype(np.int64)
+        value = np.where(weak | special, 0.0, value).astype(np.float32)
+        return codes, cited, value

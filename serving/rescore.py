@@ -161,10 +161,11 @@ class Rescorer:
                 base.append(m)
                 boosts.append(bo)
                 kinds.append(k)
-        reasons: list[Explanations | None] = [
-            self._uniform(len(p), fallback, k) for p, k in zip(picks, kinds, strict=True)
-        ]
-        if self._explainer is not None and not fallback:
+        if self._explainer is None or fallback:
+            reasons: list[Explanations | None] = [
+                self._uniform(len(p), fallback, k) for p, k in zip(picks, kinds, strict=True)
+            ]
+        else:
             try:
                 reasons = list(self._explainer.explain(states, now_ms, picks, base, boosts, kinds))
             except Exception:  # noqa: BLE001 - explanations must never cost the recommendations

@@ -100,7 +100,7 @@ class ScoringSettings(BaseModel):
     explain: bool = Field(
         True, description="give every recommendation a reason from the score's contributions (docs/explanations.md)"
     )
-    explain_events: int = Field(3, ge=1, le=8, description="how many recent session events a reason may cite")
+    explain_events: int = Field(2, ge=1, le=8, description="how many recent session events a reason may cite")
     rules_refresh_s: float = Field(5.0, gt=0, description="how often editorial rules are re-read from Redis")
     cold_start: bool = Field(
         True, description="use the bundle's context prior for listeners with little history (docs/cold-start.md)"
