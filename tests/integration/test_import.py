@@ -56,7 +56,7 @@ def test_seed_writes_the_taste_into_redis(export, embedded_stack, redis_prefix, 
     items = Catalog.load(bundle).embeddings
     # Two kept plays (tracks 5 and 6; the 4-second play of 7 is a skip) through the session rule.
     expected = 0.95 * 0.05 * items[5] + 0.05 * items[6]
-    np.testing.assert_allclose(state.taste, expected, atol=1e-6)
+    np.testing.assert_allclose(state.taste, expected, atol=1e-4)  # state vectors may be half precision
     assert state.version == 1 and state.events == 0
 
 

@@ -122,7 +122,7 @@ def test_seeding_writes_the_long_term_taste_through_the_session_rule(named_bundl
     events = to_events(read_history([extended(tmp_path / "endsong_0.json")], report), "bob", matcher, report)
     taste = seeded_taste(events, catalog.index, catalog.embeddings)
     # Only the kept play moves the taste (skips do not): taste_rate * the Teardrop embedding.
-    np.testing.assert_allclose(taste, 0.05 * catalog.embeddings[1], atol=1e-6)
+    np.testing.assert_allclose(taste, 0.05 * catalog.embeddings[1], atol=1e-4)  # state vectors may be half precision
     store = MemoryStore()
     first = asyncio.run(write_seed(store, "bob", taste))
     assert first.version == 1 and first.events == 0
