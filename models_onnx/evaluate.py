@@ -48,9 +48,10 @@ class EvalConfig:
     segue: bool = True
     progress: bool = True
     gru_seconds: float = 120.0
-    segue_epochs: int = 4
-    segue_max_train: int = 300_000
+    segue_epochs: int = 3
+    segue_max_train: int = 200_000
     candidates: int = 1000
+    history: int = 500
 
 
 def _timed(fn: Callable[[], Any], timings: dict[str, float], key: str) -> Any:
@@ -155,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-users", type=int, default=None, help="seeded random subset of --data users")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
     p.add_argument("--gru-seconds", type=float, default=120.0, help="training time budget of the GRU baseline")
-    p.add_argument("--segue-epochs", type=int, default=4)
-    p.add_argument("--candidates", type=int, default=1000, help="retrieval candidates rescored by the model")
+    p.add_argument("--segue-epochs", type=int, default=3)
+    p.add_argument("--candidates", type=int, default=1000, help="candidates rescored by the model")
+    p.add_argument("--history", type=int, default=500, help="of them, the listener's most recent distinct tracks")
+    p.add_argument("--segue-max-train", type=int, default=200_000, help="training transitions of the segue model")
     p.add_argument("--no-gru", action="store_true")
     p.add_argument("--no-segue", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -177,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         gru_seconds=args.gru_seconds,
         segue_epochs=args.segue_epochs,
         candidates=args.candidates,
+        history=args.history,
+        segue_max_train=args.segue_max_train,
     )
     import torch
 

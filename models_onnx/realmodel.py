@@ -1,22 +1,28 @@
 """The segue model on real listening histories: train, export, bundle, and evaluate through serving code.
 
-1. Item embeddings from the training plays (``models_onnx.cooc_embeddings``).
+1. Item embeddings (``models_onnx.realscorer.meta_embeddings``): PPMI/SVD co-occurrence dimensions of
+   the training plays (``models_onnx.cooc_embeddings``) plus each track's training skip rate and
+   popularity as descriptive coordinates.
 2. Replay plays through ``streams.session.apply_event`` (``replay_states``): a play of < 30 s is a ``Skip``
    event, any other a ``Play`` event; tracks outside the catalog are not applied (the worker dead-letters
    them). The state before each wanted row is recorded with ``context_features(state, ts)``.
-3. Fit ``models_onnx.model.SessionScorer`` with ``models_onnx.trainer.fit`` (negatives by popularity^0.75)
-   on each training user's last plays; fit the skip calibration P(skip) = 1 - sigmoid(a * score + b).
+3. Fit ``models_onnx.realscorer.RealScorer`` (``fit_real``) on each training user's last plays: a sampled
+   softmax of the next track against the candidates serving rescores (the session's played tracks, the
+   listener's recent history, tracks drawn by popularity^0.75) and a binary cross-entropy for "played
+   through"; then the skip calibration P(skip) = 1 - sigmoid(a * score + b) on the played tracks' scores.
 4. Export with ``models_onnx.export.export_model`` (checker + ONNX/torch parity) and write a v1 bundle.
 5. Evaluate through serving: ``serving.catalog.Catalog.load`` + ``serving.scorer.OnnxScorer.load`` +
-   ``serving.rescore.Rescorer`` (exact retrieval by ``query_vector`` of ``n_candidates``, excluding the
-   session's recent tracks, then ONNX rescoring). Tracks outside the candidates rank after them in
-   retrieval order; the excluded recent tracks rank last.
+   ``serving.rescore.Rescorer`` with ``serving.candidates.CandidateSource`` (session repeats on, the
+   listener's ``history`` most recent distinct tracks, retrieval by ``query_vector`` filling up to
+   ``n_candidates``), then ONNX rescoring. Tracks outside the candidates rank after them in retrieval
+   order; the session's recent tracks that were not candidates rank last.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +32,25 @@ from tqdm import tqdm
 
 from models_onnx.bundle import write_bundle
 from models_onnx.cooc_embeddings import sparse_item_embeddings
-from models_onnx.dataset import Examples
 from models_onnx.export import export_model
 from models_onnx.metrics import Bootstrap
-from models_onnx.model import SessionScorer
 from models_onnx.protocol import Positions, Result, next_result, skip_result
 from models_onnx.realdata import Fold, Plays
-from models_onnx.skips import fit_logistic
-from models_onnx.trainer import FitConfig, fit
+from models_onnx.realscorer import N_META, RealScorer, meta_embeddings
+from models_onnx.skips import PRIOR_WEIGHT, fit_logistic
+from serving.candidates import CandidateSource, session_repeats
 from serving.catalog import Catalog
 from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
 from serving.scorer import OnnxScorer
 from streams.records import Play, Skip
-from streams.session import SessionState, apply_event, context_features, outcome_of, query_vector
+from streams.session import SessionState, apply_event, context_features, query_vector
 
 MAX_PLAYED_MS = 86_400_000
 WARMUP = 1500  # plays replayed before the first wanted row of a user (long-term taste settles)
+N_SESSION_NEG = 5  # per training row: the session's played tracks offered as candidates
+KEEP_WEIGHT = 3.0  # served score = next + KEEP_WEIGHT * keep logit (models_onnx.realscorer)
+HISTORY_WINDOW = 5000  # plays looked back for a listener's most recent distinct tracks
 
 
 def _event(plays: Plays, r: int) -> Play | Skip:
@@ -85,22 +93,36 @@ def replay_states(
     bar.close()
 
 
-def _examples(plays: Plays, items: np.ndarray, emb: np.ndarray, rows: np.ndarray, progress: bool) -> Examples:
-    pos, neg, taste, ctx, target, outcome, last_skip = [], [], [], [], [], [], []
-    for r, st in replay_states(plays, items, emb, rows, "segue: replay training plays", progress):
-        pos.append(st.pos)
-        neg.append(st.neg)
-        taste.append(st.taste)
-        ctx.append(context_features(st, int(plays.ts_ms[r])))
-        target.append(items[r])
-        outcome.append(outcome_of(_event(plays, r)))
-        skipped = [t for t, o in zip(st.recent, st.outcomes, strict=True) if o == 1]
-        last_skip.append(skipped[-1] if skipped else -1)
-    n = len(target)
-    return Examples(
-        np.stack(pos), np.stack(neg), np.stack(taste), np.stack(ctx), np.asarray(target, np.int64),
-        np.asarray(outcome, np.int64), np.zeros(n, np.int64), np.asarray(last_skip, np.int64),
-    )  # fmt: skip
+def recent_distinct(items: np.ndarray, start: int, r: int, n: int, window: int = HISTORY_WINDOW) -> np.ndarray:
+    """int64 [<= n]: the distinct known items of ``items[start:r]`` (one user's earlier plays), most recent
+    first, looking back at most ``window`` plays."""
+    seg = items[max(start, r - window) : r][::-1]
+    seg = seg[seg >= 0]
+    uniq, first = np.unique(seg, return_index=True)
+    return uniq[np.argsort(first, kind="stable")][:n]
+
+
+def row_starts(plays: Plays) -> np.ndarray:
+    """int64 [E]: the first row of each row's user."""
+    starts, ends = plays.user_bounds()
+    return np.repeat(starts, ends - starts)
+
+
+@dataclass(frozen=True)
+class TrainRows:
+    """Replayed training states; arrays share length R."""
+
+    pos: np.ndarray  # float32 [R, D]
+    neg: np.ndarray  # float32 [R, D]
+    taste: np.ndarray  # float32 [R, D]
+    context: np.ndarray  # float32 [R, 8]
+    target: np.ndarray  # int64 [R]
+    kept: np.ndarray  # float32 [R]: 1 if the target was played through
+    session: np.ndarray  # int64 [R, N_SESSION_NEG] the session's played tracks, most recent first, -1 pad
+    history: np.ndarray  # int64 [R, H] tracks of the listener's earlier plays, -1 where none
+
+    def __len__(self) -> int:
+        return int(self.target.shape[0])
 
 
 def training_rows(fold: Fold, max_rows: int) -> np.ndarray:
@@ -114,8 +136,92 @@ def training_rows(fold: Fold, max_rows: int) -> np.ndarray:
     return np.flatnonzero(keep & (t.pos > 0) & (fold.train_items >= 0))
 
 
+def replay_training(
+    fold: Fold, emb: np.ndarray, rows: np.ndarray, n_hist: int, rng: np.random.Generator, progress: bool
+) -> TrainRows:
+    """Replay the training plays and collect one example per row of ``rows``; history negatives are plays
+    of the same listener drawn from the ``HISTORY_WINDOW`` before the row (recent and frequent tracks)."""
+    pos, neg, taste, ctx, sess = [], [], [], [], []
+    items = fold.train_items
+    for r, st in replay_states(fold.train, items, emb, rows, "segue: replay training plays", progress):
+        pos.append(st.pos)
+        neg.append(st.neg)
+        taste.append(st.taste)
+        ctx.append(context_features(st, int(fold.train.ts_ms[r])))
+        rep = [t for t in session_repeats(st) if t != items[r]][:N_SESSION_NEG]
+        sess.append(rep + [-1] * (N_SESSION_NEG - len(rep)))
+    first = row_starts(fold.train)[rows]
+    back = rows[:, None] - rng.integers(1, HISTORY_WINDOW + 1, size=(len(rows), n_hist))
+    history = np.where(back >= first[:, None], items[np.maximum(back, 0)], -1)
+    return TrainRows(
+        np.stack(pos), np.stack(neg), np.stack(taste), np.stack(ctx), items[rows].astype(np.int64),
+        (~fold.train.skip[rows]).astype(np.float32), np.asarray(sess, np.int64), history.astype(np.int64),
+    )  # fmt: skip
+
+
+def fit_real(
+    model: RealScorer,
+    data: TrainRows,
+    emb: np.ndarray,
+    epochs: int,
+    rng: np.random.Generator,
+    neg_p: np.ndarray,
+    n_pop: int = 20,
+    batch: int = 1024,
+    lr: float = 3e-3,
+    progress: bool = True,
+) -> float:
+    """Train ``model`` in place; return the last epoch's mean loss (softmax next + BCE kept).
+
+    Candidates per row: the target, the session's played tracks, the history draws and ``n_pop`` tracks
+    drawn with probabilities ``neg_p`` float [N]; a negative equal to the target (or missing) is masked."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops: one thread is faster than two on a shared machine
+    items_t = torch.from_numpy(emb)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * ((len(data) + batch - 1) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.1)
+    bce = torch.nn.BCEWithLogitsLoss()
+    last = float("nan")
+    model.train()
+    tensors = [torch.from_numpy(a) for a in (data.pos, data.neg, data.taste, data.context)]
+    for _epoch in tqdm(range(epochs), desc="segue: train", unit="epoch", disable=not progress, leave=False):
+        order = rng.permutation(len(data))
+        pop = rng.choice(len(emb), size=(len(data), n_pop), p=neg_p)
+        cand = np.concatenate([data.target[:, None], data.session, data.history, pop], axis=1)  # [R, K]
+        bad = (cand < 0) | (cand == data.target[:, None])
+        bad[:, 0] = False
+        cand_t, bad_t = torch.from_numpy(np.maximum(cand, 0)), torch.from_numpy(bad)
+        kept_t = torch.from_numpy(data.kept)
+        total, n = 0.0, 0
+        for s in range(0, len(order), batch):
+            rows = torch.from_numpy(order[s : s + batch])
+            nxt, keep = model.heads(*(t[rows] for t in tensors), items_t[cand_t[rows]])  # [b, K] each
+            score = (nxt + model.keep_weight * keep).masked_fill(bad_t[rows], -1e9)  # the served score
+            loss = torch.nn.functional.cross_entropy(score, torch.zeros(len(rows), dtype=torch.long))
+            loss = loss + bce(keep[:, 0], kept_t[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(rows)
+            n += len(rows)
+        last = total / max(n, 1)
+    model.eval()
+    torch.set_num_threads(threads)
+    return last
+
+
+def _skip_rates(fold: Fold) -> np.ndarray:
+    n = len(fold.vocab)
+    prior = float(fold.train.skip.mean())
+    skips = np.bincount(fold.train_items, weights=fold.train.skip.astype(np.float64), minlength=n)
+    counts = np.bincount(fold.train_items, minlength=n).astype(np.float64)
+    return (skips + PRIOR_WEIGHT * prior) / (counts + PRIOR_WEIGHT)
+
+
 def train_bundle(
-    fold: Fold, out: Path, dim: int, epochs: int, max_rows: int, seed: int, progress: bool
+    fold: Fold, out: Path, dim: int, epochs: int, max_rows: int, seed: int, progress: bool, n_hist: int = 20
 ) -> dict[str, Any]:
     """Train on ``fold.train`` and write a v1 bundle to ``out``; return the training summary."""
     torch.manual_seed(seed)
@@ -123,18 +229,21 @@ def train_bundle(
     n = len(fold.vocab)
     kept = ~fold.train.skip
     _, artist = np.unique(fold.vocab.artist_ids, return_inverse=True)
-    emb, counts = sparse_item_embeddings(fold.train_items[kept], fold.train.session[kept], n, dim, [artist], rng)
-    ex = _examples(fold.train, fold.train_items, emb, training_rows(fold, max_rows), progress)
+    base, counts = sparse_item_embeddings(
+        fold.train_items[kept], fold.train.session[kept], n, dim - N_META, [artist], rng
+    )
+    emb = meta_embeddings(base, _skip_rates(fold), fold.vocab.counts)
+    data = replay_training(fold, emb, training_rows(fold, max_rows), n_hist, rng, progress)
     q = fold.vocab.counts.astype(np.float64) ** 0.75
-    model = SessionScorer(dim, 64)
-    loss = fit(model, ex, emb, FitConfig(epochs=epochs, batch=1024), rng, progress, neg_p=q / q.sum())
+    model = RealScorer(dim, keep_weight=KEEP_WEIGHT)
+    loss = fit_real(model, data, emb, epochs, rng, q / q.sum(), progress=progress)
     with torch.no_grad():
         s = np.concatenate([
-            model(*(torch.from_numpy(a[i : i + 8192]) for a in (ex.pos, ex.neg, ex.taste, ex.context)),
-                  torch.from_numpy(emb[ex.target[i : i + 8192]][:, None, :]))[:, 0].numpy()
-            for i in range(0, len(ex), 8192)
+            model(*(torch.from_numpy(a[i : i + 8192]) for a in (data.pos, data.neg, data.taste, data.context)),
+                  torch.from_numpy(emb[data.target[i : i + 8192]][:, None, :]))[:, 0].numpy()
+            for i in range(0, len(data), 8192)
         ])  # fmt: skip
-    a, b = fit_logistic(s[:, None].astype(np.float64), (ex.outcome != 1).astype(np.float64))
+    a, b = fit_logistic(s[:, None].astype(np.float64), data.kept.astype(np.float64))
     digest = hashlib.sha256(emb.tobytes())
     for tensor in model.state_dict().values():
         digest.update(tensor.numpy().tobytes())
@@ -149,7 +258,8 @@ def train_bundle(
         "seed": seed,
         "data": "real listening histories (internal evaluation only; not shippable)",
         "fold": fold.name,
-        "train_examples": len(ex),
+        "train_examples": len(data),
+        "epochs": epochs,
         "final_loss": round(loss, 5),
         "cold_tracks": int((counts == 0).sum()),
         "skip_calibration": {"a": float(a), "b": float(b), "p_skip": "1 - sigmoid(a * score + b)"},
@@ -168,19 +278,23 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
     catalog = Catalog.load(bundle_dir)
     scorer = OnnxScorer.load(bundle_dir, device="cpu", intra_op_threads=2)
     emb = catalog.embeddings
-    k = int(cfg.candidates)
-    rescorer = Rescorer(emb, ExactRetriever(emb), scorer, n_candidates=k, n_recs=k)
+    k, h = int(cfg.candidates), int(cfg.history)
+    retriever = ExactRetriever(emb)
+    source = CandidateSource(emb, retriever, repeats=True, history=h)
+    rescorer = Rescorer(emb, retriever, scorer, n_candidates=k, n_recs=k, candidates=source)
     cal = summary["skip_calibration"]
     ranks = np.empty(len(p))
     p_skip = np.empty(len(p))
     batch: list[tuple[int, SessionState]] = []
     where = {int(r): i for i, r in enumerate(p.rows)}
+    first = row_starts(fold.test)
 
     def flush() -> None:
         idx = np.array([where[r] for r, _ in batch])
         states = [s for _, s in batch]
         now = [int(fold.test.ts_ms[r]) for r, _ in batch]
-        rankings = rescorer.rank(states, now)
+        hist = [recent_distinct(fold.test_items, int(first[r]), r, h) for r, _ in batch] if h else None
+        rankings = rescorer.rank(states, now, hist)
         target = p.target[idx]
         q = np.stack([query_vector(s) for s in states])
         sims = q @ emb.T  # [B, N], as the retriever computes them
@@ -190,15 +304,17 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
                 ranks[idx[j]] = np.inf
                 continue
             hit = np.flatnonzero(rk.indices == t)
-            excluded = set(st.recent)
             if len(hit):
                 ranks[idx[j]] = 1.0 + hit[0]
-            elif t in excluded:
+                continue
+            excluded = set(st.recent) - set(rk.indices.tolist())
+            if t in excluded:
                 ranks[idx[j]] = len(emb) - len(excluded) + (len(excluded) + 1) / 2.0
             else:
                 row = sims[j].copy()
                 row[list(excluded)] = -np.inf
-                ranks[idx[j]] = 1.0 + (row > row[t]).sum() + ((row == row[t]).sum() - 1) / 2.0
+                row[rk.indices] = -np.inf
+                ranks[idx[j]] = 1.0 + len(rk.indices) + (row > row[t]).sum() + ((row == row[t]).sum() - 1) / 2.0
         cand = np.where((target >= 0)[:, None], emb[np.maximum(target, 0)], 0.0)[:, None, :]
         score = scorer.score(
             np.stack([s.pos for s in states]), np.stack([s.neg for s in states]), np.stack([s.taste for s in states]),
@@ -216,8 +332,10 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
     if batch:
         flush()
     note = (
-        f"served bundle {scorer.model_version} via OnnxScorer ({scorer.provider}) + Rescorer: exact retrieval top-{k} "
-        f"by query_vector (session's recent tracks excluded), ONNX rescoring; other tracks after, in retrieval order"
+        f"served bundle {scorer.model_version} via OnnxScorer ({scorer.provider}) + Rescorer with CandidateSource: "
+        f"the session's played tracks, the listener's {h} most recent distinct tracks, retrieval by query_vector "
+        f"up to {k} candidates; ONNX rescoring; other tracks after, in retrieval order; the target is among the "
+        f"candidates at {np.mean(ranks <= k):.1%} of the positions"
     )
     return [
         next_result("segue (ONNX, serving path)", ranks, p, boot, note=note),

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from serving.api import ApiDeps, create_api
 from serving.bias import session_bias
+from serving.candidates import CandidateSource
 from serving.catalog import Catalog
 from serving.editorial_api import editorial_from
 from serving.explain import Explainer
@@ -44,6 +45,7 @@ def build_api(settings: ApiSettings) -> FastAPI:
         scorer,
         n_candidates=settings.scoring.candidates,
         n_recs=settings.scoring.recommendations,
+        candidates=CandidateSource(catalog.embeddings, ExactRetriever(catalog.embeddings), settings.scoring.repeats),
         explainer=Explainer(scorer, catalog.embeddings, events=settings.scoring.explain_events)
         if settings.scoring.explain
         else None,

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from serving.candidates import CandidateSource
 from serving.diversity import Preferences, rerank, seed_for
 from serving.explain import KIND_EXPLORED, KIND_PINNED, KIND_RANKED, POPULAR, SESSION_FIT, Explainer, Explanations
 from serving.retrieval import Retriever
@@ -61,11 +62,14 @@ class Rescorer:
         scorer: Scorer,
         n_candidates: int = 200,
         n_recs: int = 20,
+        candidates: CandidateSource | None = None,
         explainer: Explainer | None = None,
     ) -> None:
         self._explainer = explainer
         self._items = embeddings
         self._retriever = retriever
+        # Which tracks get rescored; the default is plain retrieval with the session's recent tracks excluded.
+        self._candidates = candidates or CandidateSource(embeddings, retriever)
         self._scorer = scorer
         self.n_candidates = n_candidates
         self.n_recs = n_recs
@@ -74,6 +78,7 @@ class Rescorer:
         self,
         states: Sequence[SessionState],
         now_ms: Sequence[int],
+        histories: Sequence[Sequence[int] | None] | None = None,
         *,
         prefs: Sequence[Preferences] | None = None,
         rules: ActiveRules | None = None,
@@ -81,13 +86,13 @@ class Rescorer:
     ) -> list[Ranking]:
         """Rank for every state; ``now_ms[i]`` is the time the ranking is for (drives time-of-day context).
 
+        ``histories[i]``: the listener's earlier track indices, most recent first, for history candidates.
         ``prefs[i]``: the user's exploration/diversity knob (default: none); ``rules``: editorial rules in force;
         ``users[i]``: the user id, which seeds the exploratory picks (default: the session id)."""
         if not states:
             return []
         queries = np.stack([query_vector(s) for s in states])  # [B, D]
-        exclude = [set(s.recent) for s in states]
-        idx, sims = self._retriever.search(queries, exclude, self.n_candidates)  # [B, K]
+        idx, sims = self._candidates.generate(states, queries, self.n_candidates, histories)  # [B, K]
         if rules is not None and rules.pins:  # pinned tracks are scored too, as extra columns
             pinned = np.asarray([i for _, i in rules.pins], dtype=idx.dtype)
             idx = np.concatenate([idx, np.broadcast_to(pinned, (len(states), len(pinned)))], axis=1)

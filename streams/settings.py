@@ -86,6 +86,9 @@ class ScoringSettings(BaseModel):
     model_dir: Path = DEFAULT_MODEL_DIR
     device: Literal["auto", "cuda", "cpu"] = "auto"
     candidates: int = Field(200, ge=1)
+    repeats: bool = Field(
+        False, description="offer the session's played (not skipped) tracks again as candidates (serving/candidates.py)"
+    )
     recommendations: int = Field(20, ge=1)
     budget_ms: float = Field(50.0, gt=0)
     # A model call slower than this per `model_batch` users is abandoned for the cheap ranking (retrieval

@@ -15,6 +15,7 @@ import faust
 from prometheus_client import CollectorRegistry, start_http_server
 
 from serving.bias import session_bias
+from serving.candidates import CandidateSource
 from serving.catalog import Catalog
 from serving.explain import Explainer
 from serving.faults import SlowScorer
@@ -71,6 +72,7 @@ def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None =
         model,
         n_candidates=settings.scoring.candidates,
         n_recs=settings.scoring.recommendations,
+        candidates=CandidateSource(catalog.embeddings, ExactRetriever(catalog.embeddings), repeats=scoring.repeats),
         explainer=Explainer(model, catalog.embeddings, dynamics_from(settings), scoring.explain_events)
         if scoring.explain
         else None,

@@ -1,0 +1,109 @@
+"""The session scorer for real listening data: ONNX signature v1, two heads summed into one score.
+
+Item embeddings (``meta_embeddings``) are ``dim - N_META`` co-occurrence dimensions followed by
+``N_META`` descriptive coordinates of the track (its training skip rate and its popularity), so the model
+reads them from every candidate and, through the long-term ``taste`` vector (a slow average of what the
+listener played through), the listener's usual skip rate and popularity level.
+
+For a state (``pos``, ``neg``, ``taste`` [B, D], ``context`` [B, 8]) and candidates [B, K, D]:
+
+* ``next`` [B, K]: how likely the candidate is the next track: a learned bilinear match of the candidate
+  with the state vectors plus an MLP over pair features (cosines and raw dot products with ``pos``,
+  ``neg`` and ``taste``, which tell "just played" and "just skipped" apart from "similar"; the candidate's
+  descriptive coordinates) and user features (context, state norms, taste's descriptive coordinates);
+* ``keep`` [B, K]: the logit of "played through (not skipped) if it comes next", from the same features.
+
+``scores = next + keep_weight * keep``. Training (``models_onnx.realmodel.fit_real``) applies a sampled
+softmax to ``scores`` over the candidates serving rescores (session repeats, the listener's history,
+popular tracks), so the ranking is fitted for the next track, and a binary cross-entropy to ``keep`` of the
+played track. A softmax ignores any per-state constant, so the state-level part of ``keep`` (previous skip,
+session skip rate, the listener's usual skip level) rides along in the score at no cost to the ranking and
+makes one calibrated score of the played track a skip prediction (P(skip) = 1 - sigmoid(a * score + b)).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from models_onnx.signature import N_CONTEXT
+
+N_META = 2  # the last coordinates of an item embedding: skip rate, popularity (both scaled to [-1, 1])
+META_SCALE = 0.25  # weight of the descriptive coordinates before L2 normalisation
+EPS = 1e-12
+
+
+def meta_embeddings(base: np.ndarray, skip_rate: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """L2-normalised float32 [N, D]: ``base`` [N, D - N_META] (unit rows or zero) and the descriptive coords.
+
+    ``skip_rate`` float [N] in [0, 1] (smoothed training skip rate), ``counts`` int [N] training plays.
+    """
+    logc = np.log1p(counts.astype(np.float64))
+    pop = 2.0 * logc / max(float(logc.max()), 1e-9) - 1.0  # [-1, 1]
+    meta = np.stack([2.0 * np.clip(skip_rate, 0.0, 1.0) - 1.0, pop], axis=1)  # [N, 2]
+    out = np.concatenate([base.astype(np.float64), META_SCALE * meta], axis=1)
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out.astype(np.float32)
+
+
+def _unit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., D] -> (x / |x| [..., D], |x| [..., 1]); a zero vector stays zero."""
+    norm = torch.sqrt((x * x).sum(dim=-1, keepdim=True) + EPS)
+    return x / norm, norm
+
+
+class RealScorer(nn.Module):
+    """Scores candidates for a batch of session states (signature v1); ``heads`` gives (next, keep)."""
+
+    def __init__(self, dim: int, hidden: int = 64, n_context: int = N_CONTEXT, keep_weight: float = 1.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.q_pos = nn.Linear(dim, dim, bias=False)
+        self.q_neg = nn.Linear(dim, dim, bias=False)
+        self.q_taste = nn.Linear(dim, dim, bias=False)
+        with torch.no_grad():  # start as the retrieval rule: pos + 0.3 taste - 0.7 neg
+            self.q_pos.weight.copy_(torch.eye(dim))
+            self.q_neg.weight.copy_(-0.7 * torch.eye(dim))
+            self.q_taste.weight.copy_(0.3 * torch.eye(dim))
+        n_pair = 7 + 2 * N_META  # 3 cosines, 3 raw dots, bilinear, candidate meta, candidate meta * taste meta
+        n_user = n_context + 3 + N_META  # context, log1p of the state norms, taste's meta coordinates
+        self.pair = nn.Linear(n_pair, hidden)
+        self.user = nn.Linear(n_user, hidden, bias=False)
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+        self.scale = nn.Parameter(torch.tensor(5.0))
+        self.keep_weight = keep_weight
+
+    def heads(
+        self,
+        session_pos: torch.Tensor,  # [B, D]
+        session_neg: torch.Tensor,  # [B, D]
+        taste: torch.Tensor,  # [B, D]
+        context: torch.Tensor,  # [B, C]
+        candidates: torch.Tensor,  # [B, K, D]
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # next [B, K], keep logit [B, K]
+        pos_u, pos_n = _unit(session_pos)
+        neg_u, neg_n = _unit(session_neg)
+        taste_u, taste_n = _unit(taste)
+        q = self.q_pos(pos_u) + self.q_neg(neg_u) + self.q_taste(taste_u)  # [B, D]
+        bilinear = (candidates * q.unsqueeze(1)).sum(-1)  # [B, K]
+        dots = [(candidates * v.unsqueeze(1)).sum(-1) for v in (pos_u, neg_u, taste_u, session_pos, session_neg, taste)]
+        cand_meta = candidates[..., -N_META:]  # [B, K, M]
+        taste_meta = taste_u[:, -N_META:]  # [B, M]
+        pair = torch.cat(
+            [torch.stack([*dots, bilinear], dim=-1), cand_meta, cand_meta * taste_meta.unsqueeze(1)], dim=-1
+        )  # [B, K, 7 + 2M]
+        user = torch.cat([context, torch.log1p(pos_n), torch.log1p(neg_n), torch.log1p(taste_n), taste_meta], dim=-1)
+        out = self.head(self.pair(pair) + self.user(user).unsqueeze(1))  # [B, K, 2]
+        return self.scale * bilinear + out[..., 0], out[..., 1]
+
+    def forward(
+        self,
+        session_pos: torch.Tensor,  # [B, D]
+        session_neg: torch.Tensor,  # [B, D]
+        taste: torch.Tensor,  # [B, D]
+        context: torch.Tensor,  # [B, C]
+        candidates: torch.Tensor,  # [B, K, D]
+    ) -> torch.Tensor:  # [B, K]
+        nxt, keep = self.heads(session_pos, session_neg, taste, context, candidates)
+        return nxt + self.keep_weight * keep

@@ -1,0 +1,89 @@
+"""Candidate generation: which tracks the session model rescores for each user.
+
+Three sources, merged in this order without duplicates, ``k`` tracks per user:
+
+1. repeats (``repeats=True``): the session's recent tracks that were played or liked (not skipped),
+   most recent first: real listeners replay what they just heard;
+2. history (``history > 0`` and the caller passes ``histories``): the listener's own earlier tracks,
+   most recent first, at most ``history`` of them;
+3. retrieval: the tracks nearest to ``streams.session.query_vector`` that are neither in the session's
+   recent tracks nor already taken.
+
+With ``repeats=False`` and no history this is exactly the plain retrieval (the session's recent tracks
+excluded). Pure apart from the injected retriever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from serving.retrieval import Retriever
+from streams.session import SKIPPED, SessionState
+
+
+def session_repeats(state: SessionState) -> list[int]:
+    """The session's recent tracks that were not skipped (last outcome counts), most recent first, distinct."""
+    seen: set[int] = set()
+    out: list[int] = []
+    for track, outcome in zip(reversed(state.recent), reversed(state.outcomes), strict=True):
+        if track in seen:
+            continue
+        seen.add(track)
+        if outcome != SKIPPED:
+            out.append(track)
+    return out
+
+
+class CandidateSource:
+    """Merges repeats, the listener's history and retrieval into ``k`` candidates per user."""
+
+    def __init__(self, embeddings: np.ndarray, retriever: Retriever, repeats: bool = False, history: int = 0) -> None:
+        if history < 0:
+            raise ValueError(f"history must be >= 0, got {history}")
+        self._items = embeddings  # float32 [N, D]
+        self._retriever = retriever
+        self.repeats = repeats
+        self.history = history
+
+    def _fixed(self, state: SessionState, history: Sequence[int] | None) -> list[int]:
+        fixed = session_repeats(state) if self.repeats else []
+        if self.history and history is not None:
+            taken = set(fixed)
+            budget = self.history
+            for t in history:
+                if budget == 0:
+                    break
+                if t not in taken:
+                    taken.add(t)
+                    fixed.append(int(t))
+                    budget -= 1
+        return fixed
+
+    def generate(
+        self,
+        states: Sequence[SessionState],
+        queries: np.ndarray,
+        k: int,
+        histories: Sequence[Sequence[int] | None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """queries float32 [B, D] -> (indices int64 [B, K], query similarities float32 [B, K]), K <= k.
+
+        ``histories[b]``: user b's earlier track indices, most recent first (None: none known). Fixed
+        candidates (repeats, history) come first, then retrieval fills up to ``k``.
+        """
+        hist = histories if histories is not None else [None] * len(states)
+        fixed = [self._fixed(s, h)[:k] for s, h in zip(states, hist, strict=True)]
+        exclude = [set(s.recent) | set(f) for s, f in zip(states, fixed, strict=True)]
+        if not any(fixed):
+            return self._retriever.search(queries, exclude, k)
+        ret_idx, _ = self._retriever.search(queries, exclude, k)  # [B, k'] best first
+        width = min(k, min(len(f) + ret_idx.shape[1] for f in fixed))
+        idx = np.empty((len(states), width), np.int64)
+        for b, f in enumerate(fixed):
+            row = f[:width]
+            idx[b, : len(row)] = row
+            idx[b, len(row) :] = ret_idx[b, : width - len(row)]
+        sims = np.einsum("bkd,bd->bk", self._items[idx], np.asarray(queries, np.float32)).astype(np.float32)
+        return idx, sims
