@@ -53,7 +53,7 @@ def build_api(settings: ApiSettings) -> FastAPI:
     producer = EventProducer.connect(settings.kafka, topic=settings.topics.events) if settings.ingest else None
     store = RedisStore.connect(settings.redis, metrics)
     scoring = settings.scoring
-    bias = session_bias(scoring, settings.redis, catalog.model_version)
+    bias = session_bias(scoring, settings.redis, catalog.model_version, index_refresh_ms=None)  # no stale steers
     steering = None
     if scoring.steering and bias is not None and bias.steers is not None:
         try:

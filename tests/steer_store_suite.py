@@ -20,6 +20,7 @@ def steer(prompt: str, expires_ms: int, dim: int = 8) -> Steer:
 async def check_steer_store(store: SteerStore, users: list[str]) -> None:
     assert isinstance(store, SteerStore)
     assert await store.get_steers(users, NOW) == [None] * len(users)
+    assert await store.steered_users(NOW) == set()
     assert await store.get_steers([], NOW) == []
 
     a = steer("upbeat workout", NOW + 60_000)
@@ -32,6 +33,10 @@ async def check_steer_store(store: SteerStore, users: list[str]) -> None:
     b = steer("rainy evening piano", NOW + 120_000)
     await store.put_steer(users[0], b, NOW)  # replaces
     assert (await store.get_steers([users[0]], NOW))[0] == b
+    await store.put_steer(users[1], steer("calm", NOW + 30_000), NOW)
+    assert await store.steered_users(NOW) == {users[0], users[1]}
+    assert await store.steered_users(NOW + 30_000) == {users[0]}  # the index follows expiry too
+    assert await store.delete_steer(users[1]) is True
 
     # An expired steer reads as None, also before the store drops it.
     assert await store.get_steers([users[0]], NOW + 120_000) == [None]
@@ -41,3 +46,4 @@ async def check_steer_store(store: SteerStore, users: list[str]) -> None:
     assert await store.delete_steer(users[0]) is True
     assert await store.delete_steer(users[0]) is False
     assert await store.get_steers(users, NOW) == [None] * len(users)
+    assert await store.steered_users(NOW) == set()

@@ -40,7 +40,7 @@ def app_parts(embedded_stack, redis_prefix, quick_bundle):
     catalog = Catalog.load(quick_bundle)
     scorer = OnnxScorer.load(quick_bundle, device="cpu")
     rescorer = Rescorer(catalog.embeddings, ExactRetriever(catalog.embeddings), scorer, 100, 20)
-    bias = session_bias(settings.scoring, settings.redis, catalog.model_version)
+    bias = session_bias(settings.scoring, settings.redis, catalog.model_version, index_refresh_ms=None)
     steering = Steering(
         load_reader=lambda: PromptReader(TextEncoder.load()),
         fmap=FeatureMap.fit(catalog_features(quick_bundle), catalog.embeddings),

@@ -30,6 +30,7 @@ class CountingSteers(MemorySteerStore):
     def __init__(self, fail: bool = False) -> None:
         super().__init__()
         self.calls = 0
+        self.index_calls = 0
         self.fail = fail
 
     async def get_steers(self, user_ids, now_ms):
@@ -37,6 +38,10 @@ class CountingSteers(MemorySteerStore):
         if self.fail:
             raise StoreUnavailable("Redis get_steers failed: connection refused")
         return await super().get_steers(user_ids, now_ms)
+
+    async def steered_users(self, now_ms):
+        self.index_calls += 1
+        return await super().steered_users(now_ms)
 
 
 def processor(bundle, bias):
@@ -84,9 +89,10 @@ def test_steers_are_read_once_per_batch_and_move_only_the_ranking(quick_bundle, 
             vector=up.tobytes(),
         )
         asyncio.run(steers.put_steer(u, s, NOW))
-    steered, steered_store, _ = processor(quick_bundle, SessionBias(None, steers, catalog.model_version))
+    bias = SessionBias(None, steers, catalog.model_version, index_refresh_ms=1000)
+    steered, steered_store, _ = processor(quick_bundle, bias)
     asyncio.run(steered.process(msgs))
-    assert steers.calls == 1  # one read for the whole batch
+    assert (steers.index_calls, steers.calls) == (1, 1)  # one index read, one read for the whole batch
     # Same stored states (a steer is a view for ranking), different and more energetic recommendations.
     a = asyncio.run(plain_store.get_states(users))
     b = asyncio.run(steered_store.get_states(users))
@@ -94,6 +100,38 @@ def test_steers_are_read_once_per_batch_and_move_only_the_ranking(quick_bundle, 
     assert (
         mean_energy(steered_store, catalog, features, users) > mean_energy(plain_store, catalog, features, users) + 0.02
     )
+
+
+def test_a_batch_without_steered_users_reads_no_steers(quick_bundle, world):
+    msgs = batch(world, n_users=4)
+    steers = CountingSteers()
+    vec = np.ones(32, np.float32).tobytes()
+    asyncio.run(
+        steers.put_steer(
+            "someone-else",
+            Steer(prompt="calm", strength=1.0, expires_ms=NOW + 5_000, model_version="", vector=vec),
+            NOW,
+        )
+    )
+    now = [NOW]
+    catalog = Catalog.load(quick_bundle)
+    scorer = OnnxScorer.load(quick_bundle, device="cpu")
+    rescorer = Rescorer(catalog.embeddings, ExactRetriever(catalog.embeddings), scorer, 100, 10)
+    bias = SessionBias(None, steers, catalog.model_version, index_refresh_ms=1000)
+    proc = Processor(
+        catalog,
+        rescorer,
+        MemoryStore(),
+        Metrics.create(CollectorRegistry()),
+        scorer.provider,
+        clock=lambda: now[0],
+        bias=bias,
+    )
+    for t in (NOW, NOW + 500, NOW + 1500):
+        now[0] = t
+        asyncio.run(proc.process(msgs))
+    # The index is read on the first batch and again once it is a second old; no steer is ever read.
+    assert (steers.index_calls, steers.calls) == (2, 0)
 
 
 def test_a_steer_store_outage_does_not_stop_recommendations(quick_bundle, world):
