@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import redis.asyncio as aioredis
 from tqdm import tqdm
 
 from loadtests import loop_metrics as lm
@@ -50,15 +49,17 @@ from serving.prefs_store import RedisPreferencesStore
 from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
 from serving.scorer import OnnxScorer
+from serving.separation import artist_codes
 from streams.errors import SegueError, StackError
-from streams.records import decode_recommendations
 from streams.sdk import EventProducer
 from streams.session import Dynamics, SessionState, apply_event
 from streams.settings import KafkaSettings, RedisSettings
+from streams.stores import RedisStore
 
 DEFAULT_OUT = Path(".segue/reports/closed-loop")
 HISTORY_GAP_MS = 8 * 3_600_000  # between two history sessions (well over the 30-minute session gap)
 TRACK_GAP_MS = 2_000  # between the end of one track and the next
+READ_CONCURRENCY = 16  # recommendation reads in flight at once
 
 
 def parse_settings(text: str) -> list[Preferences]:
@@ -191,13 +192,18 @@ class InProcessModel:
     def __init__(self, bundle: Path, n_recs: int = 20, n_candidates: int = 200) -> None:
         self.catalog = Catalog.load(bundle)
         scorer = OnnxScorer.load(bundle, device="cpu")
+        retriever = ExactRetriever(self.catalog.embeddings)
+        # As the worker ranks (streams/worker.py build_runtime), and without the session-dependent artist
+        # separation for the recommender that must not see the session.
         self.rescorer = Rescorer(
             self.catalog.embeddings,
-            ExactRetriever(self.catalog.embeddings),
+            retriever,
             scorer,
             n_candidates=n_candidates,
             n_recs=n_recs,
+            artists=artist_codes(self.catalog.artist_of),
         )
+        self.context_free = Rescorer(self.catalog.embeddings, retriever, scorer, n_candidates, n_recs)
         self.dyn = Dynamics()
 
     def replay(self, state: SessionState, events: Sequence[dict[str, Any]]) -> SessionState:
@@ -229,7 +235,7 @@ class StaticRecommender:
 
     async def lists(self, seats: Sequence[Seat]) -> list[np.ndarray]:
         states = [replace(t, recent=tuple(s.heard)) for t, s in zip(self.taste, seats, strict=True)]
-        return [r.indices for r in self.model.rescorer.rank(states, [s.ts_ms for s in seats])]
+        return [r.indices for r in self.model.context_free.rank(states, [s.ts_ms for s in seats])]
 
     async def observe(self, seats: Sequence[Seat], events: Sequence[dict[str, Any]]) -> None:
         return None
@@ -309,22 +315,15 @@ class LiveSegue:
         self.kafka, self.redis_settings, self.topic = kafka, redis, events_topic
         self.catalog, self.users, self.space = catalog, list(users), space
         self.timeout_s = timeout_s
-        self._keys: list[str] = []
         self.waits_ms: list[float] = []
         self.fallbacks = 0
         self.served = 0
         self._producer: EventProducer | None = None
-        self._redis: aioredis.Redis | None = None
-
-    def _prefixed_keys(self) -> list[str]:
-        prefix = self.redis_settings.key_prefix
-        return [f"{prefix}:{{{u}}}:recs" for u in self.users]
+        self._store: RedisStore | None = None
 
     async def __aenter__(self) -> LiveSegue:
         self._producer = EventProducer.connect(self.kafka, topic=self.topic, linger_ms=1)
-        password = self.redis_settings.password.get_secret_value() if self.redis_settings.password else None
-        self._redis = aioredis.Redis.from_url(self.redis_settings.url, password=password)
-        self._keys = self._prefixed_keys()
+        self._store = RedisStore.connect(self.redis_settings)
         if self.prefs is not None:  # the per-user knob, which the worker applies from the next event on
             store = RedisPreferencesStore.connect(self.redis_settings)
             try:
@@ -337,13 +336,19 @@ class LiveSegue:
     async def __aexit__(self, *exc: object) -> None:
         if self._producer is not None:
             self._producer.close()
-        if self._redis is not None:
-            await self._redis.aclose()
+        if self._store is not None:
+            await self._store.close()
 
     async def _records(self, rows: Sequence[int]) -> list[Any]:
-        assert self._redis is not None
-        raw = await self._redis.mget([self._keys[i] for i in rows])
-        return [decode_recommendations(v) if v is not None else None for v in raw]
+        """The stored recommendations of the listeners in ``rows``, read through the store (concurrently)."""
+        store = self._store
+        assert store is not None
+        rows = list(rows)
+        out: list[Any] = []
+        for k in range(0, len(rows), READ_CONCURRENCY):  # a few connections, not one per listener
+            chunk = rows[k : k + READ_CONCURRENCY]
+            out.extend(await asyncio.gather(*(store.get_recommendations(self.users[i]) for i in chunk)))
+        return out
 
     async def _send_and_wait(self, events: Sequence[tuple[int, dict[str, Any]]]) -> None:
         """Send (row, event) pairs, then wait until each row's recommendations answer its last event."""

@@ -18,6 +18,7 @@ from serving.explain import Explainer
 from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
 from serving.scorer import OnnxScorer
+from serving.separation import artist_codes
 from serving.settings import ApiSettings
 from serving.steer_api import Steering
 from serving.steering import FeatureMap, PromptReader, catalog_features
@@ -49,6 +50,7 @@ def build_api(settings: ApiSettings) -> FastAPI:
         explainer=Explainer(scorer, catalog.embeddings, events=settings.scoring.explain_events)
         if settings.scoring.explain
         else None,
+        artists=artist_codes(catalog.artist_of),
     )
     producer = EventProducer.connect(settings.kafka, topic=settings.topics.events) if settings.ingest else None
     store = RedisStore.connect(settings.redis, metrics)

@@ -17,6 +17,7 @@ from serving.diversity import Preferences, rerank, seed_for
 from serving.explain import KIND_EXPLORED, KIND_PINNED, KIND_RANKED, POPULAR, SESSION_FIT, Explainer, Explanations
 from serving.retrieval import Retriever
 from serving.rules import ActiveRules, place_pins
+from serving.separation import demote_recent_artists
 from streams.records import Recommendations, RecommendedTrack
 from streams.session import SessionState, context_features, query_vector
 
@@ -64,8 +65,12 @@ class Rescorer:
         n_recs: int = 20,
         candidates: CandidateSource | None = None,
         explainer: Explainer | None = None,
+        artists: np.ndarray | None = None,
     ) -> None:
         self._explainer = explainer
+        # int [N] artist code per track (``serving.separation.artist_codes``): the session's recent artists are
+        # ranked after the other candidates. None: no artist separation.
+        self._artists = artists
         self._items = embeddings
         self._retriever = retriever
         # Which tracks get rescored; the default is plain retrieval with the session's recent tracks excluded.
@@ -109,6 +114,8 @@ class Rescorer:
         except Exception:  # noqa: BLE001 - a model failure must not stop recommendations
             log.exception("session model failed; ranking by retrieval similarity instead")
             scores, fallback = sims, True
+        if self._artists is not None:
+            scores = demote_recent_artists(states, idx, scores, self._artists)
         return self._select(states, now_ms, idx, scores, fallback, prefs, rules, users)
 
     def rank_fallback(self, states: Sequence[SessionState], rules: ActiveRules | None = None) -> list[Ranking]:

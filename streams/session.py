@@ -226,9 +226,16 @@ def context_features(state: SessionState, now_ms: int | None = None) -> np.ndarr
     )
 
 
-def query_vector(state: SessionState, neg_weight: float = 0.7, taste_weight: float = 0.3) -> np.ndarray:
-    """The retrieval query for one user: toward the session's positives and taste, away from its skips."""
-    q = _unit(state.pos) + taste_weight * _unit(state.taste) - neg_weight * _unit(state.neg)
+def query_vector(state: SessionState, neg_weight: float = 1.0, taste_weight: float = 1.0) -> np.ndarray:
+    """The retrieval query for one user, float32 [dim]: the session's net evidence plus the long-term taste.
+
+    ``pos - neg_weight * neg + taste_weight * unit(taste)``. ``pos`` and ``neg`` keep their magnitudes (decayed
+    sums of unit item vectors), so a skip cancels what the plays before it pulled toward, in the same units,
+    and after a run of skips the session's positives have faded and the long-term taste (worth one fresh play)
+    leads retrieval elsewhere. Normalising ``pos`` and ``neg`` first would keep the session pointing at a
+    direction it has just been skipping away from (measured in docs/closed-loop.md).
+    """
+    q = state.pos - neg_weight * state.neg + taste_weight * _unit(state.taste)
     return q.astype(np.float32)
 
 

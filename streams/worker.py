@@ -24,6 +24,7 @@ from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
 from serving.rules_store import RedisRulesStore, RulesCache
 from serving.scorer import OnnxScorer
+from serving.separation import artist_codes
 from streams.agents import AgentDeps, register_agents
 from streams.app import create_app
 from streams.errors import SegueError
@@ -76,6 +77,7 @@ def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None =
         explainer=Explainer(model, catalog.embeddings, dynamics_from(settings), scoring.explain_events)
         if scoring.explain
         else None,
+        artists=artist_codes(catalog.artist_of),
     )
     store = RedisStore.connect(settings.redis, metrics)
     processor = Processor(
