@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,3 +40,11 @@ def test_sentence_vectors_are_unit_length_and_mean_something():
     assert sims[2, 3] > sims[2, 1]
     # Batching (with padding) gives the same vectors as one text at a time.
     np.testing.assert_allclose(enc.encode(["upbeat workout"])[0], v[0], atol=1e-5)
+
+
+def test_tokens_and_vectors_match_the_reference_implementation():
+    """tests/fixtures/minilm-reference.json: token ids and sentence vectors computed once by transformers + torch."""
+    ref = json.loads((Path(__file__).parents[1] / "fixtures" / "minilm-reference.json").read_text())
+    enc = TextEncoder.load()
+    assert [enc.tokenizer.encode(t) for t in ref["texts"]] == ref["token_ids"]
+    np.testing.assert_allclose(enc.encode(ref["texts"]), np.asarray(ref["vectors"], np.float32), atol=2e-6)
