@@ -4,26 +4,30 @@
 
 Builds ``--users`` sessions of 3 to 12 events from the bundle's catalog, then times ``Rescorer.rank`` for the
 whole batch with ``explainer=None`` and with an ``Explainer`` (``--events`` citable events), CPU, one thread.
-Prints the medians per batch and per user, and the explanation's share of the plain call.
+Prints the medians per batch and per user, and the explanation's share of the plain call. Then checks
+faithfulness on up to 300 of the users: each session is replayed through ``apply_event`` without the event its
+reasons cite, and the cited track must score lower; exit status 1 if one does not.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from serving.catalog import Catalog
-from serving.explain import Explainer
+from serving.explain import REASON_CODES, Explainer
 from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
 from serving.scorer import OnnxScorer
-from streams.records import Like, Play, Skip
+from streams.records import Event, Like, Play, Skip
 from streams.session import SessionState, apply_event, context_features
 
 T0 = 1_763_900_000_000
@@ -31,10 +35,16 @@ T0 = 1_763_900_000_000
 
 def sessions(catalog: Catalog, users: int, seed: int) -> list[SessionState]:
     """Random sessions: plays (partly heard), skips and likes, 3 to 12 events each."""
+    return [s for s, _ in sessions_with_events(catalog, users, seed)]
+
+
+def sessions_with_events(catalog: Catalog, users: int, seed: int) -> list[tuple[SessionState, list[tuple[Event, int]]]]:
+    """``sessions`` with the (event, track index) pairs that built each state."""
     rng = np.random.default_rng(seed)
     out = []
     for u in range(users):
         state = SessionState.empty(catalog.dim)
+        applied: list[tuple[Event, int]] = []
         for j, t in enumerate(rng.choice(len(catalog), size=int(rng.integers(3, 13)), replace=False)):
             common = {"event_id": f"{u}-{j}", "user_id": f"u{u}", "track_id": catalog.track_ids[t], "ts_ms": T0 + j}
             kind = rng.integers(4)
@@ -45,8 +55,48 @@ def sessions(catalog: Catalog, users: int, seed: int) -> list[SessionState]:
             else:
                 event = Play(**common, played_ms=int(rng.integers(30_000, 200_000)), duration_ms=200_000)
             state = apply_event(state, event, int(t), catalog.embeddings[t])
-        out.append(state)
+            applied.append((event, int(t)))
+        out.append((state, applied))
     return out
+
+
+def faithfulness(
+    catalog: Catalog, scorer: OnnxScorer, users: int, events: int, seed: int
+) -> tuple[Counter[str], int, int, float]:
+    """Replay each session without the event its reasons cite and rescore the cited track.
+
+    Returns (reasons per code, cited reasons checked, how many of them scored lower without the event,
+    the smallest drop)."""
+    built = sessions_with_events(catalog, users, seed)
+    states = [s for s, _ in built]
+    explainer = Explainer(scorer, catalog.embeddings, events=events)
+    rescorer = Rescorer(catalog.embeddings, ExactRetriever(catalog.embeddings), scorer, explainer=explainer)
+    rankings = rescorer.rank(states, [T0 + 3_600_000] * len(states))
+    codes: Counter[str] = Counter()
+    checked = lower = 0
+    smallest = float("inf")
+    for (state, applied), ranking in zip(built, rankings, strict=True):
+        ex = ranking.reasons
+        assert ex is not None
+        for j, track in enumerate(ranking.indices):
+            codes[REASON_CODES[ex.codes[j]]] += 1
+            if ex.cited[j] < 0:
+                continue
+            k = next(i for i, (_, t) in enumerate(applied) if t == ex.cited[j])
+            replay = SessionState.empty(catalog.dim)
+            for e, t in applied[:k] + applied[k + 1 :]:
+                replay = apply_event(replay, e, t, catalog.embeddings[t])
+            drop = _score(scorer, catalog, state, int(track)) - _score(scorer, catalog, replay, int(track))
+            checked += 1
+            lower += drop > 0
+            smallest = min(smallest, drop)
+    return codes, checked, lower, smallest
+
+
+def _score(scorer: OnnxScorer, catalog: Catalog, state: SessionState, track: int) -> float:
+    ctx = context_features(state, T0 + 3_600_000)[None]
+    cand = catalog.embeddings[[track]][None]
+    return float(scorer.score(state.pos[None], state.neg[None], state.taste[None], ctx, cand)[0, 0])
 
 
 def time_ranks(rescorers: dict[str, Rescorer], states: list[SessionState], repeats: int) -> dict[str, float]:
@@ -88,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--bundle", default=".segue/models/default")
     p.add_argument("--users", type=int, default=256)
     p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--events", type=int, default=3, help="citable events per user (SEGUE_SCORING__EXPLAIN_EVENTS)")
+    p.add_argument("--events", type=int, default=2, help="citable events per user (SEGUE_SCORING__EXPLAIN_EVENTS)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     catalog = Catalog.load(args.bundle)
@@ -105,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = t_explained - t_plain
     print(
         f"bundle={catalog.model_version} tracks={len(catalog)} dim={catalog.dim} users={args.users} "
-        f"events={args.events} repeats={args.repeats}\n"
+        f"events={args.events} repeats={args.repeats} load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n"
         f"rank without reasons: {t_plain * 1e3:.2f} ms per batch ({t_plain / args.users * 1e6:.0f} us per user)\n"
         f"rank with reasons:    {t_explained * 1e3:.2f} ms per batch "
         f"({t_explained / args.users * 1e6:.0f} us per user)\n"
@@ -113,7 +163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"explanations add {extra * 1e3:.2f} ms per batch = {extra / t_plain:.0%} of the rank without them, "
         f"{extra / t_model:.0%} of the main model call"
     )
-    return 0
+    codes, checked, lower, smallest = faithfulness(catalog, scorer, min(args.users, 300), args.events, args.seed + 1)
+    print(
+        "reasons: " + ", ".join(f"{c} {n}" for c, n in codes.most_common()) + "\n"
+        f"faithfulness: {checked} reasons cite an event; replayed without it, {lower} of them score lower "
+        f"(smallest drop {smallest:.4f})"
+    )
+    return 0 if lower == checked else 1
 
 
 if __name__ == "__main__":

@@ -179,12 +179,13 @@ def play_strengths(pos: np.ndarray, outcomes: np.ndarray, emb: np.ndarray, dyn: 
     return weights
 
 
-def _snap(residual: np.ndarray, whole: np.ndarray) -> np.ndarray:
-    """Zero the residuals [..., D] below float32 precision of ``whole`` (so an exact zero stays exactly zero)."""
-    tiny = np.linalg.norm(residual, axis=-1, keepdims=True) <= 1e-5 * np.maximum(
+def _snap(part: np.ndarray, whole: np.ndarray, tol: float) -> np.ndarray:
+    """Zero the parts [..., D] that are rounding noise of ``whole`` (so an exactly zero vector, such as the
+    positives before a session's first play, stays exactly zero)."""
+    tiny = np.linalg.norm(part, axis=-1, keepdims=True) <= tol * np.maximum(
         1.0, np.linalg.norm(whole, axis=-1, keepdims=True)
     )
-    return np.where(tiny, 0.0, residual)
+    return np.where(tiny, 0.0, part)
 
 
 def remove_events(
@@ -199,59 +200,80 @@ def remove_events(
     """Each session without event ``ks[b, r]`` (a position in the last ``WINDOW`` events, counted from the
     window's end: -1 is the latest), as if it had been replayed through ``apply_event`` without it.
 
-    Exact for the decayed sums (events before the removed one are one decay step younger), for the taste
-    (its affine updates are undone back to before the event and redone without it) and for the counters.
-    ks int64 [B, R] with values in [-WINDOW, -1]; ``base_context`` float32 [B, 8]: the sessions' own
+    The vectors just before the removed event are recovered from the final ones (the decayed sums less the
+    removed and later events' shares, un-decayed; the taste's affine updates undone), then the later events
+    are applied again with ``apply_event``'s own float32 arithmetic, rounding to float16 after each step when
+    the state's vectors are kept at half precision (detected from the values). The counters change as in a
+    replay. ks int64 [B, R] with values in [-WINDOW, -1]; ``base_context`` float32 [B, 8]: the sessions' own
     ``context_features`` at ``now_ms`` and ``window`` the sessions' ``_window`` (computed here when not given).
     """
     if base_context is None:
         base_context = np.stack([context_features(s, t) for s, t in zip(states, now_ms, strict=True)])
-    b, r = ks.shape
     w = WINDOW
     _, outcomes, emb = window if window is not None else _window(states, items, w)  # [B, W], [B, W, D]
-    pos = np.stack([s.pos for s in states]).astype(np.float64)  # [B, D]
-    neg = np.stack([s.neg for s in states]).astype(np.float64)
-    taste = np.stack([s.taste for s in states]).astype(np.float64)
+    pos32 = np.stack([s.pos for s in states])  # [B, D]
+    neg32 = np.stack([s.neg for s in states])
+    taste32 = np.stack([s.taste for s in states])
+    half = all(np.array_equal(v.astype(np.float16).astype(np.float32), v) for v in (pos32, neg32, taste32))
+    pos, neg, taste = pos32.astype(np.float64), neg32.astype(np.float64), taste32.astype(np.float64)
+
+    def kept(v: np.ndarray) -> np.ndarray:  # the precision the session rule keeps vectors at
+        v = v.astype(np.float32)
+        return v.astype(np.float16).astype(np.float32) if half else v
+
     d = dyn.decay
-    coef = d ** np.arange(w - 1, -1, -1, dtype=np.float64)  # [W]
+    coef = d ** np.arange(w - 1, -1, -1, dtype=np.float64)  # [W] decay^age
     weights = play_strengths(pos, outcomes, emb, dyn)  # [B, W]
     is_skip = outcomes == SKIPPED
-    pos_c = np.where(is_skip, 0.0, weights) * coef  # [B, W]
+    pos_c = np.where(is_skip, 0.0, weights) * coef  # [B, W] each event's share of pos now
     neg_c = np.where(is_skip, dyn.skip_weight, 0.0) * coef
-    pos_res = _snap(pos - (pos_c[:, None, :] @ emb)[:, 0], pos)  # older than the window, or the fit's error
-    neg_res = _snap(neg - (neg_c[:, None, :] @ emb)[:, 0], neg)
-
     k = ks + w  # [B, R] absolute positions in the window
     j = np.arange(w)
-    shift = np.where(j[None, None, :] < k[..., None], 1.0 / d, 1.0)  # [B, R, W]
-    shift = np.where(j[None, None, :] == k[..., None], 0.0, shift)
-    pos_after = (pos_c[:, None, :] * shift) @ emb + pos_res[:, None, :] / d  # [B, R, D]
-    neg_after = (neg_c[:, None, :] * shift) @ emb + neg_res[:, None, :] / d
+    from_k = (j[None, None, :] >= k[..., None]).astype(np.float64)  # [B, R, W] the removed and later events
+    undecay = d ** -(w - k)[..., None]  # [B, R, 1]: how many decay steps since just before event k
+    tol = 2e-3 if half else 1e-5
+    pos_before = _snap((pos[:, None, :] - (pos_c[:, None, :] * from_k) @ emb) * undecay, pos[:, None, :], tol)
+    neg_before = _snap((neg[:, None, :] - (neg_c[:, None, :] * from_k) @ emb) * undecay, neg[:, None, :], tol)
 
-    # The taste: undo the updates from the newest back to the removed event, then redo the later ones.
     rate = np.where(outcomes == LIKED, 2.0, np.where(outcomes == PLAYED, weights, 0.0)) * dyn.taste_rate  # [B, W]
     rate = np.minimum(rate, 0.999)
-    t = np.repeat(taste[:, None, :], r, axis=1)  # [B, R, D]
-    first = int(k.min()) if k.size else w  # no event before the earliest removed one changes
-    for jj in range(w - 1, first - 1, -1):
+    t = np.repeat(taste[:, None, :], k.shape[1], axis=1)  # [B, R, D]
+    first = int(k.min()) if k.size else w  # no event before the earliest removed one matters
+    for jj in range(w - 1, first - 1, -1):  # undo the taste updates back to just before event k
         a = rate[:, jj][:, None, None]
-        undone = (t - a * emb[:, jj][:, None, :]) / (1.0 - a)
-        t = np.where((jj >= k)[..., None], undone, t)
-    t = np.where(
-        np.linalg.norm(t, axis=-1, keepdims=True) < 1e-5 * np.linalg.norm(taste, axis=-1)[:, None, None], 0.0, t
-    )  # no taste before the event: exactly none
-    for jj in range(first + 1, w):
+        t = np.where((jj >= k)[..., None], (t - a * emb[:, jj][:, None, :]) / (1.0 - a), t)
+    taste_before = _snap(t, taste[:, None, :], tol)
+
+    # A session that fits in the window is replayed from its start (vectors zero, the taste undone to before
+    # its first event), so what is exactly zero in a replay stays exactly zero; a longer one from just before k.
+    whole = np.asarray([len(s.recent) == s.events <= w for s in states])[:, None]  # [B, 1]
+    for jj in range(w - 1, first - 1 if not whole.any() else -1, -1):
         a = rate[:, jj][:, None, None]
-        redone = (1.0 - a) * t + a * emb[:, jj][:, None, :]
-        t = np.where((jj > k)[..., None], redone, t)
-    removed_taste_kept = ~(np.take_along_axis(outcomes, k, axis=1) >= 0) | (
-        np.take_along_axis(outcomes, k, axis=1) == SKIPPED
-    )
-    t = np.where(removed_taste_kept[..., None], taste[:, None, :], t)
+        undone = np.where(outcomes[:, jj][:, None, None] >= 0, (t - a * emb[:, jj][:, None, :]) / (1.0 - a), t)
+        t = np.where(whole[..., None] & (jj < k)[..., None], undone, t)  # the whole-session rows: to the start
+    start = np.where(whole, 0, k + 1)  # [B, R] first event applied again
+    p = np.where(whole[..., None], 0.0, kept(pos_before)).astype(np.float32)  # [B, R, D]
+    n = np.where(whole[..., None], 0.0, kept(neg_before)).astype(np.float32)
+    t = kept(np.where(whole[..., None], _snap(t, taste[:, None, :], tol), taste_before))
+    item32 = emb.astype(np.float32)
+    w32 = weights.astype(np.float32)
+    decay32 = np.float32(d)
+    for jj in range(int(start.min()) if start.size else w, w):  # the events again, as apply_event does them
+        use = ((jj >= start) & (jj != k) & (outcomes[:, jj] >= 0)[:, None])[..., None]  # [B, R, 1]
+        item = item32[:, jj][:, None, :]  # [B, 1, D]
+        skip = is_skip[:, jj][:, None, None]
+        weight = w32[:, jj][:, None, None]
+        a = rate[:, jj].astype(np.float32)[:, None, None]
+        keep = (1.0 - rate[:, jj]).astype(np.float32)[:, None, None]  # as apply_event: 1 - rate, then float32
+        new_p = kept(np.where(skip, decay32 * p, decay32 * p + weight * item))
+        new_n = kept(np.where(skip, decay32 * n + np.float32(dyn.skip_weight) * item, decay32 * n))
+        new_t = np.where(skip, t, kept(keep * t + a * item))
+        p, n, t = np.where(use, new_p, p), np.where(use, new_n, n), np.where(use, new_t, t)
+    removed = np.take_along_axis(outcomes, k, axis=1)  # [B, R]
+    t = np.where(((removed < 0) | (removed == SKIPPED))[..., None], taste32[:, None, :], t)  # taste untouched
 
     context = _contexts_without(states, outcomes, k, base_context)
-    f32 = np.float32
-    return Removals(pos_after.astype(f32), neg_after.astype(f32), t.astype(f32), context)
+    return Removals(p.astype(np.float32), n.astype(np.float32), t.astype(np.float32), context)
 
 
 def _contexts_without(
@@ -308,7 +330,7 @@ class Explainer:
         embeddings: np.ndarray,
         dynamics: Dynamics | None = None,
         events: int = 2,
-        min_contribution: float = 1e-3,
+        min_contribution: float = 0.02,
     ) -> None:
         self._scorer = scorer
         self._items = embeddings
