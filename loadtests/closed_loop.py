@@ -272,9 +272,18 @@ class InProcessSegue:
     name = "segue-inprocess"
 
     def __init__(
-        self, model: InProcessModel, users: Sequence[str], space: TrackSpace, prefs: Preferences | None = None
+        self,
+        model: InProcessModel,
+        users: Sequence[str],
+        space: TrackSpace,
+        prefs: Preferences | None = None,
+        separation: bool = True,
     ) -> None:
         self.model, self.users, self.space, self.prefs = model, list(users), space, prefs
+        # Without artist separation: how much of segue's result its session vectors make on their own.
+        self.rescorer = model.rescorer if separation else model.context_free
+        if not separation:
+            self.name = "segue-no-separation"
         self.states: list[SessionState] = []
 
     async def begin(self, histories: Sequence[Sequence[HistoryEvent]]) -> None:
@@ -287,8 +296,8 @@ class InProcessSegue:
     async def lists(self, seats: Sequence[Seat]) -> list[np.ndarray]:
         now = [s.last_ts_ms for s in self.states]
         if self.prefs is None:
-            return [r.indices for r in self.model.rescorer.rank(self.states, now)]
-        ranked = self.model.rescorer.rank(self.states, now, prefs=[self.prefs] * len(self.states), users=self.users)
+            return [r.indices for r in self.rescorer.rank(self.states, now)]
+        ranked = self.rescorer.rank(self.states, now, prefs=[self.prefs] * len(self.states), users=self.users)
         return [r.indices for r in ranked]
 
     async def observe(self, seats: Sequence[Seat], events: Sequence[dict[str, Any]]) -> None:
@@ -596,15 +605,17 @@ async def evaluate(cfg: LoopConfig) -> dict[str, Any]:
                     rec, space, listeners, histories, rec.users, **common, choice="browse", progress=cfg.progress
                 )
             curve.append(r)
-    live_info["worker_metrics_lines"] = len(live.worker_metrics.splitlines())
     for rec in (
         InProcessSegue(model, users("inproc"), space),
+        InProcessSegue(model, users("nosep"), space, separation=False),
         StaticRecommender(model, users("static"), space),
         RandomRecommender(space.n_tracks, cfg.seed),
     ):
         arms[rec.name] = await run_arm(
             rec, space, listeners, histories, users(rec.name), **common, progress=cfg.progress
         )
+    kinds = [h.reaction.kind for hs in histories for h in hs]
+    live_info["history"] = {k: kinds.count(k) / max(len(kinds), 1) for k in ("skip", "like", "play")}
     return summarise(cfg, p, model.catalog, arms, curve, live_info)
 
 
@@ -660,7 +671,8 @@ def summarise(
         "simulator": asdict(p),
         "arms": out_arms,
         "headline": head,
-        "live": live_info,
+        "live": {k: v for k, v in live_info.items() if k != "history"},
+        "history": live_info.get("history", {}),
         "curve": points,
         "curve_on": cfg.curve_on,
     }

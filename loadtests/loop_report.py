@@ -16,6 +16,7 @@ PLOTS = ("skip_like_by_position.png", "tradeoff.png")
 ARM_STYLE = {
     "segue": ("segue (live stack)", "tab:blue"),
     "segue-inprocess": ("segue rule + model in-process", "tab:cyan"),
+    "segue-no-separation": ("segue in-process, no artist separation", "tab:purple"),
     "static": ("static (no session context)", "tab:orange"),
     "random": ("random", "tab:gray"),
 }
@@ -124,6 +125,9 @@ def markdown(r: dict[str, Any]) -> str:
         ]
     lines += [
         "",
+        f"The listeners' own picks in their earlier sessions (the history segue learns the long-term taste from) "
+        f"were skipped {_pct(r['history']['skip'])} and liked {_pct(r['history']['like'])} of the time.",
+        "",
         "## By recommender",
         "",
         f"| recommender | skip, all | skip, >= {late + 1} | like, all | like, >= {late + 1} | coverage | "
@@ -158,8 +162,10 @@ def markdown(r: dict[str, Any]) -> str:
     if lv:
         w = lv["event_to_visible_ms"]
         lines += [
-            f"Live path: event sent -> recommendations in Redis answer it: p50 {w['p50']:.0f} ms, "
-            f"p95 {w['p95']:.0f} ms, p99 {w['p99']:.0f} ms (all listeners' events of a position in flight at once); "
+            f"Live loop round trip (all listeners' events of a position sent at once, then every list polled "
+            f"through the store until it answers its event; the harness's polling included, so not segue's "
+            f"latency, which docs/benchmarks.md measures): p50 {w['p50']:.0f} ms, "
+            f"p95 {w['p95']:.0f} ms, p99 {w['p99']:.0f} ms; "
             f"fallback (unscored) lists: {_pct(lv['fallback_share'])} of {lv['lists_read']} read.",
             "",
         ]
