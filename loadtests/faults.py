@@ -129,8 +129,8 @@ class FaultRun:
             pipe = client.pipeline(transaction=False)
             store = RedisStore.connect(self.redis_settings())
             for u in self.users:
-                pipe.hget(store.state_key(u), "v")
-            return sum(int(v) for v in pipe.execute() if v is not None)
+                pipe.getrange(store.user_key(u), 0, 7)  # the state version (layout 2)
+            return sum(int.from_bytes(v, "big") for v in pipe.execute() if v)
         except redis.RedisError:
             return -1
         finally:

@@ -5,7 +5,7 @@ so the online state and the offline numbers come from the same code.
 
 State, per user (format v1, see ``streams.state_codec`` and docs/state.md):
 
-* ``pos``   float32 [dim]  decayed sum of what the session played through or liked
+* ``pos``   float32 [dim]  decayed sum of what the session played through or liked (float16 precision)
 * ``neg``   float32 [dim]  decayed sum of what the session skipped
 * ``taste`` float32 [dim]  long-term taste: a slow average of positives across sessions
 * ``recent`` track indices, most recent last, with outcome codes (played, skipped, liked)
@@ -45,7 +45,7 @@ class Dynamics:
     taste_rate: float = 0.05  # per positive event, for the long-term vector
     gap_ms: int = 30 * 60 * 1000
     recent_max: int = 50
-    dedup_max: int = 32
+    dedup_max: int = 16
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,12 @@ class SessionState:
 def id_digest(event_id: str) -> int:
     """A 64-bit digest of an event id: what the state keeps to recognise the id again (8 bytes, not 64)."""
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+
+
+def _half(v: np.ndarray) -> np.ndarray:
+    """``v`` at float16 precision, as float32: state vectors are kept (and stored) at half precision, so the
+    state in memory, in Redis and in an offline replay is the same, bit for bit, in half the bytes."""
+    return v.astype(np.float16).astype(np.float32)
 
 
 def stream_position(offset: int, index: int = 0) -> int:
@@ -153,15 +159,15 @@ def apply_event(
     item = item.astype(np.float32, copy=False)
     taste = state.taste
     if outcome == SKIPPED:
-        neg = (dyn.decay * neg + dyn.skip_weight * item).astype(np.float32)
-        pos = (dyn.decay * pos).astype(np.float32)
+        neg = _half(dyn.decay * neg + dyn.skip_weight * item)
+        pos = _half(dyn.decay * pos)
         skips += 1
     else:
         weight = dyn.like_weight if outcome == LIKED else dyn.play_weight * _play_strength(event)  # type: ignore[arg-type]
-        pos = (dyn.decay * pos + weight * item).astype(np.float32)
-        neg = (dyn.decay * neg).astype(np.float32)
+        pos = _half(dyn.decay * pos + weight * item)
+        neg = _half(dyn.decay * neg)
         rate = dyn.taste_rate * (2.0 if outcome == LIKED else weight)
-        taste = ((1.0 - rate) * taste + rate * item).astype(np.float32)
+        taste = _half((1.0 - rate) * taste + rate * item)
         if outcome == LIKED:
             likes += 1
         else:

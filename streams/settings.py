@@ -67,7 +67,6 @@ class RedisSettings(BaseModel):
     socket_timeout_s: float = 2.0
     key_prefix: str = "segue"
     state_ttl_s: int = Field(30 * 86_400, ge=1)
-    recommendations_ttl_s: int = Field(7 * 86_400, ge=1)
 
 
 class TopicSettings(BaseModel):
@@ -116,7 +115,7 @@ class SessionSettings(BaseModel):
 
     gap_s: float = Field(1800.0, gt=0)
     recent_tracks: int = Field(50, ge=1, le=500)
-    dedup_ids: int = Field(32, ge=1, le=1024)
+    dedup_ids: int = Field(16, ge=1, le=1024)
 
 
 class WorkerSettings(BaseSettings):

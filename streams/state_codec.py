@@ -1,11 +1,13 @@
 """Session state encoding in Redis, format v2 (see docs/state.md); format v1 is still read.
 
-One MessagePack value per user. Vectors are raw little-endian float32 bytes, recent track indices raw
+One MessagePack value per user. Vectors are raw little-endian float16 bytes (v1: float32; the session rule
+keeps them at half precision, so nothing is lost), recent track indices raw
 little-endian uint16 (uint32 for catalogs over 65,535 tracks). The first field is the format version; a
 decoder meeting a newer version refuses it rather than guessing.
 
 v2 against v1: the last applied event is kept as a stream position (``streams.session.stream_position``:
-offset and index inside a batch message) instead of a bare offset, and recent indices are packed. A v1 state's
+offset and index inside a batch message) instead of a bare offset, vectors are float16 and recent indices
+are packed. A v1 state's
 offset ``o`` reads as position ``stream_position(o)``: v1 messages held one event each.
 """
 
@@ -47,7 +49,7 @@ class _StateV1(msgspec.Struct, array_like=True, frozen=True):
 class _StateV2(msgspec.Struct, array_like=True, frozen=True):
     fmt: int
     dim: int
-    pos: bytes
+    pos: bytes  # little-endian float16
     neg: bytes
     taste: bytes
     recent: bytes  # little-endian uint16, or uint32 when ``wide``
@@ -78,9 +80,9 @@ def encode_state(state: SessionState) -> bytes:
         _StateV2(
             fmt=STATE_FORMAT,
             dim=state.dim,
-            pos=_f32(state.pos),
-            neg=_f32(state.neg),
-            taste=_f32(state.taste),
+            pos=_f16(state.pos),
+            neg=_f16(state.neg),
+            taste=_f16(state.taste),
             recent=np.asarray(state.recent, dtype="<u4" if wide else "<u2").tobytes(),
             wide=wide,
             outcomes=bytes(state.outcomes),
@@ -113,6 +115,7 @@ def decode_state(raw: bytes) -> SessionState:
         s = decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise StateFormatError(f"cannot decode session state: {exc}") from None
+    width = "<f4" if isinstance(s, _StateV1) else "<f2"
     if isinstance(s, _StateV1):
         recent = tuple(s.recent)
         position = stream_position(s.offset) if s.offset >= 0 else -1
@@ -120,9 +123,9 @@ def decode_state(raw: bytes) -> SessionState:
         recent = tuple(np.frombuffer(s.recent, dtype="<u4" if s.wide else "<u2").tolist())
         position = s.position
     return SessionState(
-        pos=_vec(s.pos, s.dim),
-        neg=_vec(s.neg, s.dim),
-        taste=_vec(s.taste, s.dim),
+        pos=_vec(s.pos, s.dim, width),
+        neg=_vec(s.neg, s.dim, width),
+        taste=_vec(s.taste, s.dim, width),
         recent=recent,
         outcomes=tuple(s.outcomes),
         session_id=s.session_id,
@@ -150,12 +153,12 @@ def _peek_format(raw: bytes) -> int:
     return msgspec.msgpack.decode(head[0], type=int)
 
 
-def _f32(v: np.ndarray) -> bytes:
-    return np.ascontiguousarray(v, dtype="<f4").tobytes()
+def _f16(v: np.ndarray) -> bytes:
+    return np.ascontiguousarray(v, dtype="<f2").tobytes()
 
 
-def _vec(raw: bytes, dim: int) -> np.ndarray:
-    v = np.frombuffer(raw, dtype="<f4")
+def _vec(raw: bytes, dim: int, width: str) -> np.ndarray:
+    v = np.frombuffer(raw, dtype=width)
     if v.shape[0] != dim:
         raise StateFormatError(f"vector has {v.shape[0]} values, expected {dim}")
     return v.astype(np.float32)

@@ -1,14 +1,18 @@
 """Where per-user state and recommendations live: a Protocol, an in-memory store and a Redis store.
 
 Both implementations pass the same test suite (tests/unit/test_stores.py runs it on memory,
-tests/integration/test_redis_store.py on a real Redis). Redis layout, format v1 (docs/state.md):
+tests/integration/test_redis_store.py on a real Redis). Redis layout 2 (docs/state.md): one string per user,
 
-* ``{prefix}:{<user_id>}:state`` -> hash: ``v`` the state's version, ``s`` the state, MessagePack
-  (``streams.state_codec``). Writes are compare-and-set on ``v`` (a Lua script), so two workers that both
-  hold a user during a rebalance cannot overwrite each other's newer state.
-* ``{prefix}:{<user_id>}:recs``  -> latest recommendations, JSON (``streams.records.Recommendations``)
+* ``{prefix}:{<user_id>}:user`` -> ``version`` (8 bytes, big-endian) | ``n`` (4 bytes, big-endian) |
+  the state (``n`` bytes, ``streams.state_codec``) | the latest recommendations (``streams.recs_codec``, may
+  be empty).
 
-The user id sits in a hash tag, so on Redis Cluster a user's keys share a slot.
+One key rather than a hash and a second key: a Redis hash with values over 64 bytes is a hash table, and
+every key costs ~100 bytes of its own; the single string holds a user in under 1 KiB. State writes are
+compare-and-set on the version (a Lua script that keeps the recommendations part), so two workers that both
+hold a user during a rebalance cannot overwrite each other's newer state; recommendations are written
+by a second script that keeps the state part (and only where a state exists). The user id sits in a hash
+tag, so on Redis Cluster the user's key lands in the user's slot like the other per-user keys.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.errors import StoreUnavailable
 from streams.metrics import Metrics
-from streams.records import Recommendations, decode_recommendations, encode_record
+from streams.records import Recommendations
+from streams.recs_codec import RecsCodec, model_version_of
 from streams.session import SessionState
 from streams.settings import RedisSettings
 from streams.state_codec import decode_state, encode_state
@@ -68,40 +73,57 @@ class Store(Protocol):
         ...
 
 
-class MemoryStore:
-    """A dict-backed ``Store`` for unit tests and offline evaluation; values encoded exactly as in Redis."""
+CATALOG_REFRESH_S = 3600.0
 
-    def __init__(self) -> None:
-        self._states: dict[str, tuple[int, bytes]] = {}
-        self._recs: dict[str, bytes] = {}
+
+def pack_user(version: int, state: bytes, recs: bytes = b"") -> bytes:
+    """One user's stored value (layout 2): version, state length, state, recommendations."""
+    return version.to_bytes(8, "big") + len(state).to_bytes(4, "big") + state + recs
+
+
+def unpack_user(raw: bytes) -> tuple[int, bytes, bytes]:
+    """(version, state bytes, recommendations bytes) of a stored value."""
+    n = int.from_bytes(raw[8:12], "big")
+    return int.from_bytes(raw[:8], "big"), raw[12 : 12 + n], raw[12 + n :]
+
+
+class MemoryStore:
+    """A dict-backed ``Store`` for unit tests and offline evaluation; values laid out exactly as in Redis."""
+
+    def __init__(self, codec: RecsCodec | None = None) -> None:
+        self._users: dict[str, bytes] = {}
+        self._codec = codec or RecsCodec()
 
     async def get_states(self, user_ids: Sequence[str]) -> list[SessionState | None]:
-        return [decode_state(self._states[u][1]) if u in self._states else None for u in user_ids]
+        return [decode_state(unpack_user(self._users[u])[1]) if u in self._users else None for u in user_ids]
 
     async def put_states(
         self, states: Mapping[str, SessionState], expected: Mapping[str, int | None] | None = None
     ) -> set[str]:
         refused = set()
         for user, state in states.items():
-            if expected is not None:
-                current = self._states.get(user)
-                if (current[0] if current else None) != expected.get(user):
-                    refused.add(user)
-                    continue
-            self._states[user] = (state.version, encode_state(state))
+            current = self._users.get(user)
+            if expected is not None and (unpack_user(current)[0] if current else None) != expected.get(user):
+                refused.add(user)
+                continue
+            recs = unpack_user(current)[2] if current else b""
+            self._users[user] = pack_user(state.version, encode_state(state), recs)
         return refused
 
     async def get_recommendations(self, user_id: str) -> Recommendations | None:
-        raw = self._recs.get(user_id)
-        return decode_recommendations(raw) if raw is not None else None
+        raw = self._users.get(user_id)
+        recs = unpack_user(raw)[2] if raw is not None else b""
+        return self._codec.decode(user_id, recs) if recs else None
 
     async def put_recommendations(self, recs: Sequence[Recommendations]) -> None:
         for r in recs:
-            self._recs[r.user_id] = encode_record(r)
+            current = self._users.get(r.user_id)
+            if current is not None:
+                version, state, _ = unpack_user(current)
+                self._users[r.user_id] = pack_user(version, state, self._codec.encode(r))
 
     async def forget_user(self, user_id: str) -> bool:
-        found = self._states.pop(user_id, None) is not None
-        return (self._recs.pop(user_id, None) is not None) or found
+        return self._users.pop(user_id, None) is not None
 
     async def ping(self) -> bool:
         return True
@@ -110,32 +132,56 @@ class MemoryStore:
         return None
 
 
-# Compare-and-set of one user's state. KEYS[1]: state key. ARGV: expected version ("" = absent), new version,
-# state bytes, TTL in seconds. Returns 1 if written, 0 if the stored version differs.
-_CAS_STATE = """
-local current = redis.call('HGET', KEYS[1], 'v')
-if (current == false and ARGV[1] == '') or current == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'v', ARGV[2], 's', ARGV[3])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return 1
+# Write one user's state, keeping the recommendations part. KEYS[1]: the user's key. ARGV: the new value's
+# head (version + length + state), TTL in seconds, "1" to compare-and-set, the expected 8-byte version ("" =
+# absent). Returns 1 if written, 0 if the stored version differs.
+_PUT_STATE = """
+local cur = redis.call('GET', KEYS[1])
+local tail = ''
+if cur then
+  if ARGV[3] == '1' and string.sub(cur, 1, 8) ~= ARGV[4] then return 0 end
+  local a, b, c, d = string.byte(cur, 9, 12)
+  tail = string.sub(cur, 13 + ((a * 256 + b) * 256 + c) * 256 + d)
+elseif ARGV[3] == '1' and ARGV[4] ~= '' then
+  return 0
 end
-return 0
+redis.call('SET', KEYS[1], ARGV[1] .. tail, 'EX', ARGV[2])
+return 1
+"""
+
+# Replace one user's recommendations, keeping the state part and the TTL. KEYS[1]: the user's key. ARGV[1]:
+# the encoded recommendations. Returns 0 (nothing written) where no state is stored.
+_PUT_RECS = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+local a, b, c, d = string.byte(cur, 9, 12)
+redis.call('SET', KEYS[1], string.sub(cur, 1, 12 + ((a * 256 + b) * 256 + c) * 256 + d) .. ARGV[1], 'KEEPTTL')
+return 1
 """
 
 
 class RedisStore:
     """A ``Store`` on Redis (or Redis Cluster through a cluster-aware client passed in)."""
 
-    def __init__(self, client: aioredis.Redis, settings: RedisSettings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: RedisSettings,
+        metrics: Metrics | None = None,
+        codec: RecsCodec | None = None,
+    ) -> None:
         self._r = client
         self._prefix = settings.key_prefix
         self._state_ttl = settings.state_ttl_s
-        self._recs_ttl = settings.recommendations_ttl_s
         self._metrics = metrics
-        self._cas = client.register_script(_CAS_STATE)
+        self._codec = codec or RecsCodec()
+        self._codecs: dict[str, RecsCodec] = {self._codec.model_version: self._codec} if codec else {}
+        self._published = -CATALOG_REFRESH_S
+        self._put_state = client.register_script(_PUT_STATE)
+        self._put_recs = client.register_script(_PUT_RECS)
 
     @staticmethod
-    def connect(settings: RedisSettings, metrics: Metrics | None = None) -> RedisStore:
+    def connect(settings: RedisSettings, metrics: Metrics | None = None, codec: RecsCodec | None = None) -> RedisStore:
         """Build a store from settings (``rediss://`` URLs use TLS)."""
         password = settings.password.get_secret_value() if settings.password else None
         client = aioredis.Redis.from_url(
@@ -144,13 +190,37 @@ class RedisStore:
             socket_timeout=settings.socket_timeout_s,
             socket_connect_timeout=settings.socket_timeout_s,
         )
-        return RedisStore(client, settings, metrics)
+        return RedisStore(client, settings, metrics, codec)
 
-    def state_key(self, user_id: str) -> str:
-        return f"{self._prefix}:{{{user_id}}}:state"
+    def catalog_key(self, model_version: str) -> str:
+        """The key of the track table that decodes recommendations of ``model_version``."""
+        return f"{self._prefix}:catalog:{model_version}"
 
-    def recs_key(self, user_id: str) -> str:
-        return f"{self._prefix}:{{{user_id}}}:recs"
+    def _publish_catalog(self, pipe: aioredis.client.Pipeline) -> None:
+        """Queue the codec's table (readers without the model bundle decode lists with it); hourly, which keeps
+        it alive as long as lists of this model are written."""
+        now = time.monotonic()
+        if self._codec.model_version and now - self._published >= CATALOG_REFRESH_S:
+            pipe.set(self.catalog_key(self._codec.model_version), self._codec.catalog_payload(), ex=self._state_ttl)
+            self._published = now
+
+    async def _codec_for(self, raw: bytes) -> RecsCodec | None:
+        version = model_version_of(raw)
+        if version is None:
+            return self._codec  # v1 JSON decodes without a table
+        codec = self._codecs.get(version)
+        if codec is None:
+            pipe = self._r.pipeline(transaction=False)
+            pipe.get(self.catalog_key(version))
+            (table,) = await self._run("get_catalog", pipe)
+            if table is None:
+                return None
+            codec = self._codecs[version] = RecsCodec.from_payload(version, table)  # type: ignore[arg-type]
+        return codec
+
+    def user_key(self, user_id: str) -> str:
+        """The key of everything stored for ``user_id`` (layout 2)."""
+        return f"{self._prefix}:{{{user_id}}}:user"
 
     async def _run(self, op: str, pipe: aioredis.client.Pipeline) -> list[object]:
         start = time.perf_counter()
@@ -169,9 +239,9 @@ class RedisStore:
             return []
         pipe = self._r.pipeline(transaction=False)
         for u in user_ids:
-            pipe.hget(self.state_key(u), "s")
+            pipe.get(self.user_key(u))
         raw = await self._run("get_states", pipe)
-        return [decode_state(v) if v is not None else None for v in raw]  # type: ignore[arg-type]
+        return [decode_state(unpack_user(v)[1]) if v is not None else None for v in raw]  # type: ignore[arg-type]
 
     async def put_states(
         self, states: Mapping[str, SessionState], expected: Mapping[str, int | None] | None = None
@@ -182,35 +252,38 @@ class RedisStore:
         pipe = self._r.pipeline(transaction=False)
         for u in users:
             s = states[u]
+            head = pack_user(s.version, encode_state(s))
             if expected is None:
-                pipe.hset(self.state_key(u), mapping={"v": s.version, "s": encode_state(s)})
-                pipe.expire(self.state_key(u), self._state_ttl)
+                args = [head, self._state_ttl, "0", ""]
             else:
                 want = expected.get(u)
-                args = ["" if want is None else want, s.version, encode_state(s), self._state_ttl]
-                await self._cas(keys=[self.state_key(u)], args=args, client=pipe)
+                args = [head, self._state_ttl, "1", b"" if want is None else want.to_bytes(8, "big")]
+            await self._put_state(keys=[self.user_key(u)], args=args, client=pipe)
         results = await self._run("put_states", pipe)
-        if expected is None:
-            return set()
         return {u for u, ok in zip(users, results, strict=True) if not ok}
 
     async def get_recommendations(self, user_id: str) -> Recommendations | None:
         pipe = self._r.pipeline(transaction=False)
-        pipe.get(self.recs_key(user_id))
+        pipe.get(self.user_key(user_id))
         (raw,) = await self._run("get_recommendations", pipe)
-        return decode_recommendations(raw) if raw is not None else None  # type: ignore[arg-type]
+        recs = unpack_user(raw)[2] if raw is not None else b""  # type: ignore[arg-type]
+        if not recs:
+            return None
+        codec = await self._codec_for(recs)
+        return codec.decode(user_id, recs) if codec is not None else None
 
     async def put_recommendations(self, recs: Sequence[Recommendations]) -> None:
         if not recs:
             return
         pipe = self._r.pipeline(transaction=False)
+        self._publish_catalog(pipe)
         for r in recs:
-            pipe.set(self.recs_key(r.user_id), encode_record(r), ex=self._recs_ttl)
+            await self._put_recs(keys=[self.user_key(r.user_id)], args=[self._codec.encode(r)], client=pipe)
         await self._run("put_recommendations", pipe)
 
     async def forget_user(self, user_id: str) -> bool:
         pipe = self._r.pipeline(transaction=False)
-        pipe.delete(self.state_key(user_id), self.recs_key(user_id))
+        pipe.delete(self.user_key(user_id))
         (n,) = await self._run("forget_user", pipe)
         return bool(n)
 

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from serving.bias import session_bias
 from serving.candidates import CandidateSource
 from serving.catalog import Catalog
-from serving.explain import Explainer
+from serving.explain import REASON_CODES, Explainer
 from serving.faults import SlowScorer
 from serving.prefs_store import RedisPreferencesStore
 from serving.rescore import Rescorer
@@ -30,6 +30,7 @@ from streams.app import create_app
 from streams.errors import SegueError
 from streams.metrics import Metrics
 from streams.pipeline import Processor
+from streams.recs_codec import RecsCodec
 from streams.session import Dynamics, SessionState
 from streams.settings import WorkerSettings
 from streams.stores import RedisStore
@@ -79,7 +80,8 @@ def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None =
         else None,
         artists=artist_codes(catalog.artist_of),
     )
-    store = RedisStore.connect(settings.redis, metrics)
+    codec = RecsCodec(catalog.track_ids, catalog.model_version, REASON_CODES)
+    store = RedisStore.connect(settings.redis, metrics, codec)
     processor = Processor(
         catalog,
         rescorer,

@@ -45,9 +45,9 @@ def test_wide_catalog_indices_round_trip():
 
 def check_fixture(stored: SessionState) -> None:
     expected = reference_state()
-    np.testing.assert_allclose(stored.pos, expected.pos, rtol=1e-6)
-    np.testing.assert_allclose(stored.neg, expected.neg, rtol=1e-6)
-    np.testing.assert_allclose(stored.taste, expected.taste, rtol=1e-6)
+    np.testing.assert_allclose(stored.pos, expected.pos, rtol=1e-3)  # v1 kept float32, the rule now float16
+    np.testing.assert_allclose(stored.neg, expected.neg, rtol=1e-3)
+    np.testing.assert_allclose(stored.taste, expected.taste, rtol=1e-3)
     assert stored.seen_ids == tuple(id_digest(x) for x in "abc") and stored.recent == (0, 1, 2)
     assert (stored.partition, stored.position, stored.session_id) == (2, stream_position(102), "s")
 
