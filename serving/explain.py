@@ -247,7 +247,8 @@ def remove_events(
     # A session that fits in the window is replayed from its start (vectors zero, the taste undone to before
     # its first event), so what is exactly zero in a replay stays exactly zero; a longer one from just before k.
     whole = np.asarray([len(s.recent) == s.events <= w for s in states])[:, None]  # [B, 1]
-    for jj in range(w - 1, first - 1 if not whole.any() else -1, -1):
+    oldest = w - max((min(w, len(s.recent)) for s in states), default=0)  # the first column any session fills
+    for jj in range(w - 1 if whole.any() else -1, oldest - 1, -1):  # (j >= k was undone above)
         a = rate[:, jj][:, None, None]
         undone = np.where(outcomes[:, jj][:, None, None] >= 0, (t - a * emb[:, jj][:, None, :]) / (1.0 - a), t)
         t = np.where(whole[..., None] & (jj < k)[..., None], undone, t)  # the whole-session rows: to the start
@@ -255,20 +256,23 @@ def remove_events(
     p = np.where(whole[..., None], 0.0, kept(pos_before)).astype(np.float32)  # [B, R, D]
     n = np.where(whole[..., None], 0.0, kept(neg_before)).astype(np.float32)
     t = kept(np.where(whole[..., None], _snap(t, taste[:, None, :], tol), taste_before))
-    item32 = emb.astype(np.float32)
-    w32 = weights.astype(np.float32)
-    decay32 = np.float32(d)
-    for jj in range(int(start.min()) if start.size else w, w):  # the events again, as apply_event does them
-        use = ((jj >= start) & (jj != k) & (outcomes[:, jj] >= 0)[:, None])[..., None]  # [B, R, 1]
-        item = item32[:, jj][:, None, :]  # [B, 1, D]
-        skip = is_skip[:, jj][:, None, None]
-        weight = w32[:, jj][:, None, None]
-        a = rate[:, jj].astype(np.float32)[:, None, None]
-        keep = (1.0 - rate[:, jj]).astype(np.float32)[:, None, None]  # as apply_event: 1 - rate, then float32
-        new_p = kept(np.where(skip, decay32 * p, decay32 * p + weight * item))
-        new_n = kept(np.where(skip, decay32 * n + np.float32(dyn.skip_weight) * item, decay32 * n))
-        new_t = np.where(skip, t, kept(keep * t + a * item))
-        p, n, t = np.where(use, new_p, p), np.where(use, new_n, n), np.where(use, new_t, t)
+    # pos, neg and taste advance together: v <- kept(scale * v + add * item), per event and vector
+    # (pos: decay, weight or 0; neg: decay, skip weight or 0; taste: 1 - rate, rate; a skip leaves the taste).
+    vec = np.stack([p, n, t], axis=2)  # [B, R, 3, D] float32
+    f32 = np.float32
+    scale = np.stack(
+        [np.full(rate.shape, d), np.full(rate.shape, d), np.where(is_skip, 1.0, 1.0 - rate)], axis=-1
+    ).astype(f32)  # [B, W, 3]
+    add = np.stack(
+        [np.where(is_skip, 0.0, weights), np.where(is_skip, dyn.skip_weight, 0.0), np.where(is_skip, 0.0, rate)],
+        axis=-1,
+    ).astype(f32)
+    item32 = emb.astype(f32)
+    for jj in range(max(oldest, int(start.min())) if start.size else w, w):  # the events again, as apply_event does
+        use = ((jj >= start) & (jj != k) & (outcomes[:, jj] >= 0)[:, None])[..., None, None]  # [B, R, 1, 1]
+        step = kept(scale[:, jj][:, None, :, None] * vec + add[:, jj][:, None, :, None] * item32[:, jj][:, None, None])
+        vec = np.where(use, step, vec)
+    p, n, t = vec[:, :, 0], vec[:, :, 1], vec[:, :, 2]
     removed = np.take_along_axis(outcomes, k, axis=1)  # [B, R]
     t = np.where(((removed < 0) | (removed == SKIPPED))[..., None], taste32[:, None, :], t)  # taste untouched
 
