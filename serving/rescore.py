@@ -19,7 +19,7 @@ from serving.retrieval import Retriever
 from serving.rules import ActiveRules, place_pins
 from serving.separation import demote_recent_artists
 from streams.records import Recommendations, RecommendedTrack
-from streams.session import SessionState, context_features, query_vector
+from streams.session import SessionState, context_matrix, query_vector, query_vectors
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +96,17 @@ class Rescorer:
         ``users[i]``: the user id, which seeds the exploratory picks (default: the session id)."""
         if not states:
             return []
-        queries = np.stack([query_vector(s) for s in states])  # [B, D]
+        pos = np.stack([s.pos for s in states])  # [B, D]
+        neg = np.stack([s.neg for s in states])
+        taste = np.stack([s.taste for s in states])
+        queries = query_vectors(pos, neg, taste)  # [B, D]
         idx, sims = self._candidates.generate(states, queries, self.n_candidates, histories)  # [B, K]
         if rules is not None and rules.pins:  # pinned tracks are scored too, as extra columns
             pinned = np.asarray([i for _, i in rules.pins], dtype=idx.dtype)
             idx = np.concatenate([idx, np.broadcast_to(pinned, (len(states), len(pinned)))], axis=1)
             sims = np.concatenate([sims, np.zeros((len(states), len(pinned)), sims.dtype)], axis=1)
         try:
-            scores = self._scorer.score(
-                np.stack([s.pos for s in states]),
-                np.stack([s.neg for s in states]),
-                np.stack([s.taste for s in states]),
-                np.stack([context_features(s, t) for s, t in zip(states, now_ms, strict=True)]),
-                self._items[idx],  # [B, K, D]
-            )
+            scores = self._scorer.score(pos, neg, taste, context_matrix(states, now_ms), self._items[idx])  # [B, K]
             fallback = False
         except Exception:  # noqa: BLE001 - a model failure must not stop recommendations
             log.exception("session model failed; ranking by retrieval similarity instead")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -162,6 +163,7 @@ class Processor:
                 else:
                     final[user] = current
             refused = await self._store.put_states(updates, expected)
+            counts: Counter[tuple[str, str]] = Counter()  # counted per batch: a labelled inc per event costs more
             for user in pending:
                 if user in refused:
                     continue
@@ -170,10 +172,12 @@ class Processor:
                 for kind, ts_ms in outcomes[user]:
                     if ts_ms is None:
                         out.duplicates += 1
-                        self._metrics.events.labels(kind, "duplicate").inc()
+                        counts[kind, "duplicate"] += 1
                     else:
                         out.applied_ms.append(ts_ms)
-                        self._metrics.events.labels(kind, "applied").inc()
+                        counts[kind, "applied"] += 1
+            for (kind, outcome), n in counts.items():
+                self._metrics.events.labels(kind, outcome).inc(n)
             pending = [u for u in pending if u in refused]
             if not pending:
                 return final
@@ -221,9 +225,10 @@ class Processor:
         self._metrics.rescore.labels(self._provider).observe(time.perf_counter() - started)
         generated = self._clock()
         recs = []
+        kinds: Counter[str] = Counter()
         for user, state, ranking in zip(users, states, rankings, strict=True):
             last_event, _, last_msg, _ = per_user[user][-1]
-            self._metrics.recommendations.labels("fallback" if ranking.fallback else "model").inc()
+            kinds["fallback" if ranking.fallback else "model"] += 1
             recs.append(
                 to_record(
                     user,
@@ -237,6 +242,8 @@ class Processor:
                     event_ms=last_msg.timestamp_ms,
                 )
             )
+        for kind, n in kinds.items():
+            self._metrics.recommendations.labels(kind).inc(n)
         return recs
 
     def _rank_in_chunks(

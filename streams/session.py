@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -134,7 +135,10 @@ def apply_event(
     ``state`` unchanged.
     Events older than the current session's last event still count but never move the session bounds.
     """
-    if is_duplicate(state, event.event_id, partition, position):
+    if position is not None and partition == state.partition and 0 <= position <= state.position:
+        return state
+    digest = id_digest(event.event_id)
+    if digest in state.seen_ids:
         return state
 
     new_session = state.events == 0 or (event.ts_ms - state.last_ts_ms) > dyn.gap_ms
@@ -175,9 +179,8 @@ def apply_event(
 
     recent = (recent_outcomes[0] + (track_index,))[-dyn.recent_max :]
     outcomes = (recent_outcomes[1] + (outcome,))[-dyn.recent_max :]
-    seen = (state.seen_ids + (id_digest(event.event_id),))[-dyn.dedup_max :]
-    return replace(
-        state,
+    seen = (state.seen_ids + (digest,))[-dyn.dedup_max :]
+    return SessionState(  # every field, directly: faster than dataclasses.replace on the hot path
         pos=pos,
         neg=neg,
         taste=taste,
@@ -230,6 +233,31 @@ def context_features(state: SessionState, now_ms: int | None = None) -> np.ndarr
         ],
         dtype=np.float32,
     )
+
+
+def context_matrix(states: Sequence[SessionState], now_ms: Sequence[int]) -> np.ndarray:
+    """``context_features`` of many users at once: float32 [B, len(CONTEXT_FEATURES)], the same values."""
+    if not states:
+        return np.zeros((0, len(CONTEXT_FEATURES)), dtype=np.float32)
+    c = np.array(
+        [(s.plays, s.skips, s.likes, s.events, 1.0 if s.last_outcome == SKIPPED else 0.0) for s in states],
+        dtype=np.float64,
+    )  # [B, 5]
+    skips, last_skip = c[:, 1], c[:, 4]
+    heard = c[:, 0] + skips
+    skip_rate = np.divide(skips, heard, out=np.zeros_like(skips), where=heard > 0)
+    angle = 2.0 * math.pi * ((np.asarray(now_ms, dtype=np.float64) / 3_600_000.0) % 24.0) / 24.0
+    logs = np.log1p(c[:, :4]) / 4.0  # plays, skips, likes, events
+    return np.column_stack([skip_rate, logs, np.sin(angle), np.cos(angle), last_skip]).astype(np.float32)
+
+
+def query_vectors(
+    pos: np.ndarray, neg: np.ndarray, taste: np.ndarray, neg_weight: float = 1.0, taste_weight: float = 1.0
+) -> np.ndarray:
+    """``query_vector`` for many users at once: pos, neg, taste float32 [B, D] -> float32 [B, D]."""
+    n = np.linalg.norm(taste, axis=1, keepdims=True)
+    unit_taste = np.divide(taste, n, out=np.zeros_like(taste), where=n > 0)
+    return (pos - neg_weight * neg + taste_weight * unit_taste).astype(np.float32)
 
 
 def query_vector(state: SessionState, neg_weight: float = 1.0, taste_weight: float = 1.0) -> np.ndarray:

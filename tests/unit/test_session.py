@@ -97,3 +97,23 @@ def test_state_codec_round_trip():
     assert encode_state(back) == encode_state(s)
     np.testing.assert_array_equal(back.pos, s.pos)
     assert back.seen_ids == s.seen_ids and back.recent == s.recent
+
+
+def test_batched_context_and_queries_equal_the_per_user_ones():
+    from streams.session import context_features, context_matrix, query_vector, query_vectors
+
+    rng = np.random.default_rng(5)
+    states = []
+    for u in range(40):
+        s = SessionState.empty(DIM)
+        for k in range(int(rng.integers(0, 9))):
+            i = int(rng.integers(len(ITEMS)))
+            e = [play, skip, like][k % 3](i, ts=T0 + k * 1000, eid=f"{u}-{k}")
+            s = apply_event(s, e, i, ITEMS[i])
+        states.append(s)
+    now = [1_763_900_000_000 + int(rng.integers(0, 10**8)) for _ in states]
+    want = np.stack([context_features(s, t) for s, t in zip(states, now, strict=True)])
+    np.testing.assert_array_equal(context_matrix(states, now), want)
+    stacked = [np.stack([getattr(s, f) for s in states]) for f in ("pos", "neg", "taste")]
+    np.testing.assert_allclose(query_vectors(*stacked), np.stack([query_vector(s) for s in states]), atol=1e-6)
+    assert context_matrix([], []).shape == (0, want.shape[1])
