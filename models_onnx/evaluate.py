@@ -85,7 +85,12 @@ def run_fold(fold: Fold, cfg: EvalConfig, out: Path, timings: dict[str, float]) 
             timings,
             key,
         )
-        results.append(next_result(m.name, ranks, p, boot))
+        steps = getattr(m, "steps_done", None)
+        budget = f"{getattr(m, 'steps', '?')} steps or {getattr(m, 'seconds', 0.0):.0f} s"
+        note = (
+            f"trained {steps} steps of batch {getattr(m, 'batch', '?')} (budget {budget})" if steps is not None else ""
+        )
+        results.append(next_result(m.name, ranks, p, boot, note=note))
     results.append(skip_result("user skip rate", user_skip_rate(fold, p.rows), p, boot))
     results.append(skip_result("same as previous", same_as_previous(fold, p.rows), p, boot))
     lr = SkipLogReg()

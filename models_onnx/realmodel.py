@@ -38,7 +38,7 @@ from models_onnx.protocol import Positions, Result, next_result, skip_result
 from models_onnx.realdata import Fold, Plays
 from models_onnx.realscorer import N_META, RealScorer, meta_embeddings
 from models_onnx.skips import PRIOR_WEIGHT, fit_logistic
-from serving.candidates import CandidateSource, session_repeats
+from serving.candidates import CandidateSource
 from serving.catalog import Catalog
 from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
@@ -48,9 +48,9 @@ from streams.session import SessionState, apply_event, context_features, query_v
 
 MAX_PLAYED_MS = 86_400_000
 WARMUP = 1500  # plays replayed before the first wanted row of a user (long-term taste settles)
-N_SESSION_NEG = 5  # per training row: the session's played tracks offered as candidates
+N_FIXED_NEG = 30  # per training row: negatives drawn from the repeats and history candidates serving offers
+HISTORY_WINDOW = 3000  # plays looked back for a listener's most recent distinct tracks
 KEEP_WEIGHT = 3.0  # served score = next + KEEP_WEIGHT * keep logit (models_onnx.realscorer)
-HISTORY_WINDOW = 5000  # plays looked back for a listener's most recent distinct tracks
 
 
 def _event(plays: Plays, r: int) -> Play | Skip:
@@ -118,8 +118,9 @@ class TrainRows:
     context: np.ndarray  # float32 [R, 8]
     target: np.ndarray  # int64 [R]
     kept: np.ndarray  # float32 [R]: 1 if the target was played through
-    session: np.ndarray  # int64 [R, N_SESSION_NEG] the session's played tracks, most recent first, -1 pad
-    history: np.ndarray  # int64 [R, H] tracks of the listener's earlier plays, -1 where none
+    cand: np.ndarray  # int64 [R, 1 + N_FIXED_NEG]: the target, then tracks of the fixed candidates, -1 pad
+    place: np.ndarray  # int64 [R, 1 + N_FIXED_NEG]: their positions in the serving candidate list
+    n_fixed: np.ndarray  # int64 [R]: length of the fixed part (repeats + history) of the serving list
 
     def __len__(self) -> int:
         return int(self.target.shape[0])
@@ -137,25 +138,35 @@ def training_rows(fold: Fold, max_rows: int) -> np.ndarray:
 
 
 def replay_training(
-    fold: Fold, emb: np.ndarray, rows: np.ndarray, n_hist: int, rng: np.random.Generator, progress: bool
+    fold: Fold, emb: np.ndarray, rows: np.ndarray, history: int, k: int, rng: np.random.Generator, progress: bool
 ) -> TrainRows:
-    """Replay the training plays and collect one example per row of ``rows``; history negatives are plays
-    of the same listener drawn from the ``HISTORY_WINDOW`` before the row (recent and frequent tracks)."""
-    pos, neg, taste, ctx, sess = [], [], [], [], []
+    """Replay the training plays and collect one example per row of ``rows`` with the candidates serving
+    would offer: ``CandidateSource.fixed`` (the session's played tracks, the ``history`` most recent distinct
+    tracks) at their list positions. A target outside that part gets a random position in the retrieval
+    part (up to ``k``)."""
+    source = CandidateSource(emb, ExactRetriever(emb), repeats=True, history=history)
     items = fold.train_items
+    first = row_starts(fold.train)
+    pos, neg, taste, ctx, cand, place, n_fixed = [], [], [], [], [], [], []
     for r, st in replay_states(fold.train, items, emb, rows, "segue: replay training plays", progress):
         pos.append(st.pos)
         neg.append(st.neg)
         taste.append(st.taste)
         ctx.append(context_features(st, int(fold.train.ts_ms[r])))
-        rep = [t for t in session_repeats(st) if t != items[r]][:N_SESSION_NEG]
-        sess.append(rep + [-1] * (N_SESSION_NEG - len(rep)))
-    first = row_starts(fold.train)[rows]
-    back = rows[:, None] - rng.integers(1, HISTORY_WINDOW + 1, size=(len(rows), n_hist))
-    history = np.where(back >= first[:, None], items[np.maximum(back, 0)], -1)
+        fixed = source.fixed(st, recent_distinct(items, int(first[r]), r, history) if history else None)[:k]
+        t = int(items[r])
+        where = fixed.index(t) if t in fixed else -1
+        t_place = where if where >= 0 else len(fixed) + int(rng.integers(0, max(1, k - len(fixed))))
+        others = np.delete(np.arange(len(fixed)), where) if where >= 0 else np.arange(len(fixed))
+        pick = rng.choice(others, size=min(N_FIXED_NEG, len(others)), replace=False) if len(others) else others
+        pad = N_FIXED_NEG - len(pick)
+        cand.append([t, *(fixed[i] for i in pick), *([-1] * pad)])
+        place.append([t_place, *pick.tolist(), *([0] * pad)])
+        n_fixed.append(len(fixed))
     return TrainRows(
         np.stack(pos), np.stack(neg), np.stack(taste), np.stack(ctx), items[rows].astype(np.int64),
-        (~fold.train.skip[rows]).astype(np.float32), np.asarray(sess, np.int64), history.astype(np.int64),
+        (~fold.train.skip[rows]).astype(np.float32), np.asarray(cand, np.int64), np.asarray(place, np.int64),
+        np.asarray(n_fixed, np.int64),
     )  # fmt: skip
 
 
@@ -167,14 +178,16 @@ def fit_real(
     rng: np.random.Generator,
     neg_p: np.ndarray,
     n_pop: int = 20,
+    k: int = 1000,
     batch: int = 1024,
     lr: float = 3e-3,
     progress: bool = True,
 ) -> float:
     """Train ``model`` in place; return the last epoch's mean loss (softmax next + BCE kept).
 
-    Candidates per row: the target, the session's played tracks, the history draws and ``n_pop`` tracks
-    drawn with probabilities ``neg_p`` float [N]; a negative equal to the target (or missing) is masked."""
+    Candidates per row: the target and the fixed-candidate draws of ``data`` at their list positions, and
+    ``n_pop`` tracks drawn with probabilities ``neg_p`` float [N] at random positions of the retrieval part
+    (up to ``k``); a negative equal to the target (or missing) is masked."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small ops: one thread is faster than two on a shared machine
     items_t = torch.from_numpy(emb)
@@ -188,7 +201,10 @@ def fit_real(
     for _epoch in tqdm(range(epochs), desc="segue: train", unit="epoch", disable=not progress, leave=False):
         order = rng.permutation(len(data))
         pop = rng.choice(len(emb), size=(len(data), n_pop), p=neg_p)
-        cand = np.concatenate([data.target[:, None], data.session, data.history, pop], axis=1)  # [R, K]
+        spread = np.maximum(1, k - data.n_fixed)[:, None]
+        pop_place = data.n_fixed[:, None] + rng.integers(0, spread, (len(data), n_pop))
+        cand = np.concatenate([data.cand, pop], axis=1)  # [R, K']
+        place_t = torch.from_numpy(np.concatenate([data.place, pop_place], axis=1))
         bad = (cand < 0) | (cand == data.target[:, None])
         bad[:, 0] = False
         cand_t, bad_t = torch.from_numpy(np.maximum(cand, 0)), torch.from_numpy(bad)
@@ -196,7 +212,7 @@ def fit_real(
         total, n = 0.0, 0
         for s in range(0, len(order), batch):
             rows = torch.from_numpy(order[s : s + batch])
-            nxt, keep = model.heads(*(t[rows] for t in tensors), items_t[cand_t[rows]])  # [b, K] each
+            nxt, keep = model.heads(*(t[rows] for t in tensors), items_t[cand_t[rows]], place_t[rows])  # [b, K']
             score = (nxt + model.keep_weight * keep).masked_fill(bad_t[rows], -1e9)  # the served score
             loss = torch.nn.functional.cross_entropy(score, torch.zeros(len(rows), dtype=torch.long))
             loss = loss + bce(keep[:, 0], kept_t[rows])
@@ -221,7 +237,7 @@ def _skip_rates(fold: Fold) -> np.ndarray:
 
 
 def train_bundle(
-    fold: Fold, out: Path, dim: int, epochs: int, max_rows: int, seed: int, progress: bool, n_hist: int = 20
+    fold: Fold, out: Path, dim: int, epochs: int, max_rows: int, seed: int, progress: bool, history: int, k: int
 ) -> dict[str, Any]:
     """Train on ``fold.train`` and write a v1 bundle to ``out``; return the training summary."""
     torch.manual_seed(seed)
@@ -233,10 +249,10 @@ def train_bundle(
         fold.train_items[kept], fold.train.session[kept], n, dim - N_META, [artist], rng
     )
     emb = meta_embeddings(base, _skip_rates(fold), fold.vocab.counts)
-    data = replay_training(fold, emb, training_rows(fold, max_rows), n_hist, rng, progress)
+    data = replay_training(fold, emb, training_rows(fold, max_rows), history, k, rng, progress)
     q = fold.vocab.counts.astype(np.float64) ** 0.75
     model = RealScorer(dim, keep_weight=KEEP_WEIGHT)
-    loss = fit_real(model, data, emb, epochs, rng, q / q.sum(), progress=progress)
+    loss = fit_real(model, data, emb, epochs, rng, q / q.sum(), k=k, progress=progress)
     with torch.no_grad():
         s = np.concatenate([
             model(*(torch.from_numpy(a[i : i + 8192]) for a in (data.pos, data.neg, data.taste, data.context)),
@@ -273,17 +289,19 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_dir: Path) -> list[Result]:
-    """Train, export and bundle the model, then score ``p`` through the serving code; two results."""
-    summary = train_bundle(fold, bundle_dir, 64, cfg.segue_epochs, cfg.segue_max_train, cfg.seed, cfg.progress)
+    """Train, export and bundle the model, then score ``p`` through the serving code; three results: the
+    candidate list's own order (a baseline without the model), the served ranking and the skip prediction."""
+    k, h = int(cfg.candidates), int(cfg.history)
+    summary = train_bundle(fold, bundle_dir, 64, cfg.segue_epochs, cfg.segue_max_train, cfg.seed, cfg.progress, h, k)
     catalog = Catalog.load(bundle_dir)
     scorer = OnnxScorer.load(bundle_dir, device="cpu", intra_op_threads=2)
     emb = catalog.embeddings
-    k, h = int(cfg.candidates), int(cfg.history)
     retriever = ExactRetriever(emb)
     source = CandidateSource(emb, retriever, repeats=True, history=h)
     rescorer = Rescorer(emb, retriever, scorer, n_candidates=k, n_recs=k, candidates=source)
     cal = summary["skip_calibration"]
     ranks = np.empty(len(p))
+    order_ranks = np.empty(len(p))  # the candidate list as CandidateSource orders it, without the model
     p_skip = np.empty(len(p))
     batch: list[tuple[int, SessionState]] = []
     where = {int(r): i for i, r in enumerate(p.rows)}
@@ -301,8 +319,18 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
         for j, (rk, st) in enumerate(zip(rankings, states, strict=True)):
             t = int(target[j])
             if t < 0:
-                ranks[idx[j]] = np.inf
+                ranks[idx[j]] = order_ranks[idx[j]] = np.inf
                 continue
+            fixed = source.fixed(st, hist[j] if hist else None)[:k]
+            if t in fixed:
+                order_ranks[idx[j]] = 1.0 + fixed.index(t)
+            elif t in st.recent:
+                out = set(st.recent) - set(fixed)
+                order_ranks[idx[j]] = len(emb) - len(out) + (len(out) + 1) / 2.0
+            else:
+                row = sims[j].copy()
+                row[list(set(st.recent) | set(fixed))] = -np.inf
+                order_ranks[idx[j]] = 1.0 + len(fixed) + (row > row[t]).sum() + ((row == row[t]).sum() - 1) / 2.0
             hit = np.flatnonzero(rk.indices == t)
             if len(hit):
                 ranks[idx[j]] = 1.0 + hit[0]
@@ -337,7 +365,12 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
         f"up to {k} candidates; ONNX rescoring; other tracks after, in retrieval order; the target is among the "
         f"candidates at {np.mean(ranks <= k):.1%} of the positions"
     )
+    order_note = (
+        f"no model: the session's played tracks, then the listener's {h} most recent distinct tracks, then "
+        f"retrieval by query_vector, in the order CandidateSource hands them to the model"
+    )
     return [
+        next_result("serving candidates in list order", order_ranks, p, boot, note=order_note),
         next_result("segue (ONNX, serving path)", ranks, p, boot, note=note),
         skip_result("segue (ONNX, calibrated score)", p_skip, p, boot),
     ]

@@ -11,6 +11,10 @@ For a state (``pos``, ``neg``, ``taste`` [B, D], ``context`` [B, 8]) and candida
   with the state vectors plus an MLP over pair features (cosines and raw dot products with ``pos``,
   ``neg`` and ``taste``, which tell "just played" and "just skipped" apart from "similar"; the candidate's
   descriptive coordinates) and user features (context, state norms, taste's descriptive coordinates);
+  The candidate's place in the list is an input too: serving passes the candidates in
+  ``serving.candidates.CandidateSource`` order (the session's played tracks most recent first, then the
+  listener's history most recent first, then retrieval by similarity), the only per-candidate evidence of
+  recency that signature v1 carries;
 * ``keep`` [B, K]: the logit of "played through (not skipped) if it comes next", from the same features.
 
 ``scores = next + keep_weight * keep``. Training (``models_onnx.realmodel.fit_real``) applies a sampled
@@ -32,6 +36,7 @@ from models_onnx.signature import N_CONTEXT
 N_META = 2  # the last coordinates of an item embedding: skip rate, popularity (both scaled to [-1, 1])
 META_SCALE = 0.25  # weight of the descriptive coordinates before L2 normalisation
 EPS = 1e-12
+LOG_LIST = float(np.log1p(1000.0))  # scale of the list-position feature
 
 
 def meta_embeddings(base: np.ndarray, skip_rate: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -66,7 +71,7 @@ class RealScorer(nn.Module):
             self.q_pos.weight.copy_(torch.eye(dim))
             self.q_neg.weight.copy_(-0.7 * torch.eye(dim))
             self.q_taste.weight.copy_(0.3 * torch.eye(dim))
-        n_pair = 7 + 2 * N_META  # 3 cosines, 3 raw dots, bilinear, candidate meta, candidate meta * taste meta
+        n_pair = 8 + 2 * N_META  # 3 cosines, 3 raw dots, bilinear, list position, candidate meta, meta * taste meta
         n_user = n_context + 3 + N_META  # context, log1p of the state norms, taste's meta coordinates
         self.pair = nn.Linear(n_pair, hidden)
         self.user = nn.Linear(n_user, hidden, bias=False)
@@ -81,7 +86,11 @@ class RealScorer(nn.Module):
         taste: torch.Tensor,  # [B, D]
         context: torch.Tensor,  # [B, C]
         candidates: torch.Tensor,  # [B, K, D]
+        positions: torch.Tensor | None = None,  # [B, K] place of each candidate in the serving list
     ) -> tuple[torch.Tensor, torch.Tensor]:  # next [B, K], keep logit [B, K]
+        if positions is None:  # serving: the candidates arrive in CandidateSource order
+            positions = torch.arange(candidates.shape[1], dtype=candidates.dtype).unsqueeze(0)
+        place = (torch.log1p(positions.to(candidates.dtype)) / LOG_LIST).expand(candidates.shape[:2])  # [B, K]
         pos_u, pos_n = _unit(session_pos)
         neg_u, neg_n = _unit(session_neg)
         taste_u, taste_n = _unit(taste)
@@ -91,8 +100,8 @@ class RealScorer(nn.Module):
         cand_meta = candidates[..., -N_META:]  # [B, K, M]
         taste_meta = taste_u[:, -N_META:]  # [B, M]
         pair = torch.cat(
-            [torch.stack([*dots, bilinear], dim=-1), cand_meta, cand_meta * taste_meta.unsqueeze(1)], dim=-1
-        )  # [B, K, 7 + 2M]
+            [torch.stack([*dots, bilinear, place], dim=-1), cand_meta, cand_meta * taste_meta.unsqueeze(1)], dim=-1
+        )  # [B, K, 8 + 2M]
         user = torch.cat([context, torch.log1p(pos_n), torch.log1p(neg_n), torch.log1p(taste_n), taste_meta], dim=-1)
         out = self.head(self.pair(pair) + self.user(user).unsqueeze(1))  # [B, K, 2]
         return self.scale * bilinear + out[..., 0], out[..., 1]

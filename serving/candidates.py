@@ -10,7 +10,8 @@ Three sources, merged in this order without duplicates, ``k`` tracks per user:
    recent tracks nor already taken.
 
 With ``repeats=False`` and no history this is exactly the plain retrieval (the session's recent tracks
-excluded). Pure apart from the injected retriever.
+excluded). The order is part of the output: a model may read a candidate's position in the list as
+evidence (``models_onnx.realscorer``). Pure apart from the injected retriever.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class CandidateSource:
         self.repeats = repeats
         self.history = history
 
-    def _fixed(self, state: SessionState, history: Sequence[int] | None) -> list[int]:
+    def fixed(self, state: SessionState, history: Sequence[int] | None) -> list[int]:
+        """The candidates that precede retrieval for one user: repeats, then history tracks, in order."""
         fixed = session_repeats(state) if self.repeats else []
         if self.history and history is not None:
             taken = set(fixed)
@@ -74,7 +76,7 @@ class CandidateSource:
         candidates (repeats, history) come first, then retrieval fills up to ``k``.
         """
         hist = histories if histories is not None else [None] * len(states)
-        fixed = [self._fixed(s, h)[:k] for s, h in zip(states, hist, strict=True)]
+        fixed = [self.fixed(s, h)[:k] for s, h in zip(states, hist, strict=True)]
         exclude = [set(s.recent) | set(f) for s, f in zip(states, fixed, strict=True)]
         if not any(fixed):
             return self._retriever.search(queries, exclude, k)
