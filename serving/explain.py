@@ -196,6 +196,7 @@ def remove_events(
     now_ms: Sequence[int],
     base_context: np.ndarray | None = None,
     window: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    sources: Sequence[SessionState] | None = None,
 ) -> Removals:
     """Each session without event ``ks[b, r]`` (a position in the last ``WINDOW`` events, counted from the
     window's end: -1 is the latest), as if it had been replayed through ``apply_event`` without it.
@@ -206,7 +207,12 @@ def remove_events(
     the state's vectors are kept at half precision (detected from the values). The counters change as in a
     replay. ks int64 [B, R] with values in [-WINDOW, -1]; ``base_context`` float32 [B, 8]: the sessions' own
     ``context_features`` at ``now_ms`` and ``window`` the sessions' ``_window`` (computed here when not given).
+    ``sources``: the states as the session rule left them, where a stage changed the vectors before ranking
+    (``states``); the removal is computed on them and the change is added back.
     """
+    ranked_states = states
+    if sources is not None:
+        states = sources
     if base_context is None:
         base_context = np.stack([context_features(s, t) for s, t in zip(states, now_ms, strict=True)])
     w = WINDOW
@@ -272,9 +278,26 @@ def remove_events(
         use = ((jj >= start) & (jj != k) & (outcomes[:, jj] >= 0)[:, None])[..., None, None]  # [B, R, 1, 1]
         step = kept(scale[:, jj][:, None, :, None] * vec + add[:, jj][:, None, :, None] * item32[:, jj][:, None, None])
         vec = np.where(use, step, vec)
+    # The whole session replayed without removing anything should give back the state. Where it does not (a
+    # stage before ranking changed the vectors, e.g. a prior or a steer), the removal's effect is added to the
+    # state as it was ranked instead: v_ranked + (replay without k - replay of all).
+    full = np.stack([np.zeros_like(pos32), np.zeros_like(neg32), t[:, 0]], axis=1)  # [B, 3, D]
+    for jj in range(oldest, w):
+        use_all = (whole[:, 0] & (outcomes[:, jj] >= 0))[:, None, None]  # [B, 1, 1]
+        step = kept(scale[:, jj][:, :, None] * full + add[:, jj][:, :, None] * item32[:, jj][:, None, :])
+        full = np.where(use_all, step, full)
+    ranked = np.stack([pos32, neg32, taste32], axis=1)  # [B, 3, D]
+    slack = (2e-2 if half else 1e-4) * np.maximum(np.abs(ranked).max(axis=(1, 2)), 1e-6)  # [B]
+    same = np.abs(full - ranked).max(axis=(1, 2)) <= slack
+    shifted = whole[:, 0] & ~same  # [B]
+    vec = np.where(shifted[:, None, None, None], ranked[:, None] + (vec - full[:, None]), vec)
+    if sources is not None:  # what the stage before ranking changed, added back
+        changed = np.stack([np.stack([s.pos, s.neg, s.taste]) for s in ranked_states]) - ranked  # [B, 3, D]
+        vec = vec + changed[:, None]
     p, n, t = vec[:, :, 0], vec[:, :, 1], vec[:, :, 2]
     removed = np.take_along_axis(outcomes, k, axis=1)  # [B, R]
-    t = np.where(((removed < 0) | (removed == SKIPPED))[..., None], taste32[:, None, :], t)  # taste untouched
+    untouched = np.stack([s.taste for s in ranked_states])[:, None, :]
+    t = np.where(((removed < 0) | (removed == SKIPPED))[..., None], untouched, t)  # the taste stays as ranked
 
     context = _contexts_without(states, outcomes, k, base_context)
     return Removals(p.astype(np.float32), n.astype(np.float32), t.astype(np.float32), context)
@@ -350,14 +373,16 @@ class Explainer:
         base: Sequence[np.ndarray],
         boost: Sequence[np.ndarray],
         kinds: Sequence[np.ndarray],
+        sources: Sequence[SessionState] | None = None,
     ) -> list[Explanations]:
         """Per user b: ``picks[b]`` track indices int64 [n], ``base[b]`` their model scores float32 [n],
-        ``boost[b]`` their editorial boosts float32 [n], ``kinds[b]`` int8 [n] (``KIND_*``)."""
+        ``boost[b]`` their editorial boosts float32 [n], ``kinds[b]`` int8 [n] (``KIND_*``); ``sources``: the
+        states before a stage changed their vectors for ranking (``remove_events``)."""
         b_count, r_count = len(states), self.events
         window = _window(states, self._items, WINDOW)
         ks, valid = citable(window[0], r_count)  # [B, R] window positions from its end
         base_ctx = np.stack([context_features(s, t) for s, t in zip(states, now_ms, strict=True)])  # [B, 8]
-        removed = remove_events(states, ks, self._items, self._dyn, now_ms, base_ctx, window)  # [B, R, ...]
+        removed = remove_events(states, ks, self._items, self._dyn, now_ms, base_ctx, window, sources)  # [B, R]
         n = max((len(p) for p in picks), default=0)
         padded = np.zeros((b_count, n), np.int64)
         for b, p in enumerate(picks):

@@ -88,12 +88,14 @@ class Rescorer:
         prefs: Sequence[Preferences] | None = None,
         rules: ActiveRules | None = None,
         users: Sequence[str] | None = None,
+        sources: Sequence[SessionState] | None = None,
     ) -> list[Ranking]:
         """Rank for every state; ``now_ms[i]`` is the time the ranking is for (drives time-of-day context).
 
         ``histories[i]``: the listener's earlier track indices, most recent first, for history candidates.
         ``prefs[i]``: the user's exploration/diversity knob (default: none); ``rules``: editorial rules in force;
-        ``users[i]``: the user id, which seeds the exploratory picks (default: the session id)."""
+        ``users[i]``: the user id, which seeds the exploratory picks (default: the session id); ``sources[i]``: the
+        state before a stage changed its vectors for ranking (a prior, a steer), for exact explanations."""
         if not states:
             return []
         pos = np.stack([s.pos for s in states])  # [B, D]
@@ -113,7 +115,7 @@ class Rescorer:
             scores, fallback = sims, True
         if self._artists is not None:
             scores = demote_recent_artists(states, idx, scores, self._artists)
-        return self._select(states, now_ms, idx, scores, fallback, prefs, rules, users)
+        return self._select(states, now_ms, idx, scores, fallback, prefs, rules, users, sources)
 
     def rank_fallback(self, states: Sequence[SessionState], rules: ActiveRules | None = None) -> list[Ranking]:
         """The cheap ranking: retrieval similarity only, no model call (editorial blocks and pins still hold)."""
@@ -146,6 +148,7 @@ class Rescorer:
         prefs: Sequence[Preferences] | None,
         rules: ActiveRules | None,
         users: Sequence[str] | None,
+        sources: Sequence[SessionState] | None = None,
     ) -> list[Ranking]:
         """The top ``n_recs`` per user: blocks and boosts, then the knob (MMR, exploratory picks), then pins."""
         n = self.n_recs
@@ -176,7 +179,7 @@ class Rescorer:
             ]
         else:
             try:
-                reasons = list(self._explainer.explain(states, now_ms, picks, base, boosts, kinds))
+                reasons = list(self._explainer.explain(states, now_ms, picks, base, boosts, kinds, sources))
             except Exception:  # noqa: BLE001 - explanations must never cost the recommendations
                 log.exception("explaining the rankings failed; serving them without reasons")
                 reasons = [None] * len(states)

@@ -209,7 +209,7 @@ class Processor:
         if self._model_call is None or self._model_call.done():  # at most one model call in flight
             self._model_call = asyncio.get_running_loop().run_in_executor(
                 self._model_thread,
-                partial(self._rank_in_chunks, prefs=prefs, rules=rules, users=users),
+                partial(self._rank_in_chunks, prefs=prefs, rules=rules, users=users, sources=[final[u] for u in users]),
                 states,
                 [s.last_ts_ms for s in states],
             )
@@ -253,6 +253,7 @@ class Processor:
         prefs: list[Preferences] | None,
         rules: ActiveRules | None,
         users: list[str],
+        sources: list[SessionState] | None = None,
     ) -> list[Ranking]:
         """``Rescorer.rank`` over ``model_batch`` users at a time (bounded tensors, and a timeout that scales
         with the number of calls rather than with one call's size)."""
@@ -260,7 +261,12 @@ class Processor:
         for i in range(0, len(states), self._model_batch):
             j = i + self._model_batch
             part_prefs = prefs[i:j] if prefs is not None else None
-            out.extend(self._rescorer.rank(states[i:j], now_ms[i:j], prefs=part_prefs, rules=rules, users=users[i:j]))
+            part_sources = sources[i:j] if sources is not None else None  # the states before the session bias
+            out.extend(
+                self._rescorer.rank(
+                    states[i:j], now_ms[i:j], prefs=part_prefs, rules=rules, users=users[i:j], sources=part_sources
+                )
+            )
         return out
 
     async def _preferences_of(self, users: list[str]) -> list[Preferences] | None:

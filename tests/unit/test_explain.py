@@ -91,6 +91,32 @@ def test_removal_is_exact_against_a_replay_without_the_event():
             np.testing.assert_allclose(got.context[b, r], context_features(want, now[b]), atol=1e-6)
 
 
+def test_a_state_changed_before_ranking_keeps_the_change_through_the_removal():
+    """A stage that adds to the vectors before ranking (a prior, a steer): removing an event must change the
+    ranked state exactly as the replay without it changes the unranked one."""
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(300, 32)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    sessions = [_session(rng, f"u{u}", len(items), int(rng.integers(3, 10))) for u in range(20)]
+    plain = [_replay(ev, tr, items) for ev, tr in sessions]
+    bias = (0.5 * items[rng.integers(300, size=len(plain))]).astype(np.float32)
+    ranked = [SessionState(pos=s.pos + b, neg=s.neg, taste=s.taste + b) for s, b in zip(plain, bias, strict=True)]
+    ranked = [_copy_counters(r, s) for r, s in zip(ranked, plain, strict=True)]
+    ks = np.tile(np.arange(-1, -3, -1), (len(ranked), 1))
+    got = remove_events(ranked, ks, items, DYN, [T0] * len(ranked), sources=plain)
+    for i, (events, tracks) in enumerate(sessions):
+        for r, k in enumerate(len(events) + ks[i]):
+            want = _replay(events[:k] + events[k + 1 :], tracks[:k] + tracks[k + 1 :], items)
+            np.testing.assert_allclose(got.pos[i, r], want.pos + bias[i], atol=2e-3)  # float16 states: ~1 ulp
+            np.testing.assert_allclose(got.taste[i, r], want.taste + bias[i], atol=2e-3)
+
+
+def _copy_counters(vectors: SessionState, state: SessionState) -> SessionState:
+    from dataclasses import replace
+
+    return replace(state, pos=vectors.pos, neg=vectors.neg, taste=vectors.taste)
+
+
 def test_play_strengths_recover_how_much_was_heard():
     rng = np.random.default_rng(1)
     items = rng.normal(size=(100, 32)).astype(np.float32)
