@@ -7,15 +7,18 @@
    event, any other a ``Play`` event; tracks outside the catalog are not applied (the worker dead-letters
    them). The state before each wanted row is recorded with ``context_features(state, ts)``.
 3. Fit ``models_onnx.realscorer.RealScorer`` (``fit_real``) on each training user's last plays: a sampled
-   softmax of the next track against the candidates serving rescores (the session's played tracks, the
-   listener's recent history, tracks drawn by popularity^0.75) and a binary cross-entropy for "played
-   through"; then the skip calibration P(skip) = 1 - sigmoid(a * score + b) on the played tracks' scores.
+   softmax of the next track against the candidates serving would rescore, at their places in the serving
+   list (``replay_training``: the session's played tracks and the listener's recent distinct tracks from
+   ``CandidateSource.fixed``; tracks drawn by popularity^0.75 at places in the retrieval part), and a
+   binary cross-entropy for "played through"; then the skip calibration P(skip) = 1 - sigmoid(a * score + b)
+   on the played tracks' scores.
 4. Export with ``models_onnx.export.export_model`` (checker + ONNX/torch parity) and write a v1 bundle.
 5. Evaluate through serving: ``serving.catalog.Catalog.load`` + ``serving.scorer.OnnxScorer.load`` +
    ``serving.rescore.Rescorer`` with ``serving.candidates.CandidateSource`` (session repeats on, the
    listener's ``history`` most recent distinct tracks, retrieval by ``query_vector`` filling up to
    ``n_candidates``), then ONNX rescoring. Tracks outside the candidates rank after them in retrieval
-   order; the session's recent tracks that were not candidates rank last.
+   order; the session's recent tracks that were not candidates rank last. The candidate list's own order
+   is reported too, as a baseline without the model.
 """
 
 from __future__ import annotations

@@ -162,10 +162,12 @@ def test_test_dir_mode_end_to_end(tmp_path: Path) -> None:
     test = write_dataset(tmp_path / "test", 4, seed=2, prefix="v")
     out = tmp_path / "report"
     args = ["--data", str(data), "--test", str(test), "--out", str(out), "--modes", "users", "--positions", "100"]
-    args += ["--gru-seconds", "2", "--segue-epochs", "1", "--candidates", "30", "--bootstrap", "50", "--no-progress"]
+    args += ["--gru-seconds", "2", "--segue-epochs", "1", "--candidates", "30", "--history", "10", "--bootstrap", "50"]
+    args += ["--no-progress"]
     assert main(args) == 0
     report = (out / "report.md").read_text()
-    for name in ("popularity", "user most-recent", "item-kNN", "V-SKNN", "GRU4Rec", "logistic regression", "segue"):
+    names = ("popularity", "user most-recent", "item-kNN", "V-SKNN", "GRU4Rec", "logistic regression", "segue")
+    for name in (*names, "serving candidates in list order", "steps of batch"):
         assert name in report
     for png in ("hr20_by_position.png", "skip_auc_by_position.png", "skip_calibration.png"):
         assert (out / png).stat().st_size > 1000
