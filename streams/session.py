@@ -45,7 +45,7 @@ class Dynamics:
     skip_weight: float = 1.0
     taste_rate: float = 0.05  # per positive event, for the long-term vector
     gap_ms: int = 30 * 60 * 1000
-    recent_max: int = 50
+    recent_max: int = 32
     dedup_max: int = 16
 
 

@@ -114,7 +114,7 @@ class SessionSettings(BaseModel):
     """Session state: when a session ends and how fast the vectors move."""
 
     gap_s: float = Field(1800.0, gt=0)
-    recent_tracks: int = Field(50, ge=1, le=500)
+    recent_tracks: int = Field(32, ge=1, le=500)
     dedup_ids: int = Field(16, ge=1, le=1024)
 
 
