@@ -373,6 +373,10 @@ class LiveSegue:
         while pending:
             recs = await self._records(pending)
             now = time.perf_counter()
+            if len(recs) and any(
+                r is not None and r.event_id == last[row] for row, r in zip(pending, recs, strict=True)
+            ):
+                deadline = now + self.timeout_s  # the worker is making progress: wait on
             still = []
             for row, r in zip(pending, recs, strict=True):
                 if r is not None and r.event_id == last[row]:
@@ -382,7 +386,7 @@ class LiveSegue:
             pending = still
             if pending and now > deadline:
                 raise StackError(
-                    f"{len(pending)} listeners' recommendations did not answer their events within "
+                    f"{len(pending)} listeners' recommendations did not answer their events, and none did for "
                     f"{self.timeout_s:.0f} s: is the worker running and consuming {self.topic}? (its log says why)"
                 )
             if pending:

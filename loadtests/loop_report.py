@@ -47,7 +47,8 @@ def plot_positions(out: Path, r: dict[str, Any]) -> None:
         for ax, key in zip(axes, ("skip_by_position", "like_by_position"), strict=True):
             s = arm[key]
             x = list(range(1, len(s["mean"]) + 1))
-            ax.plot(x, s["mean"], marker="o", ms=3, label=label, color=colour)
+            style = {"ls": "--", "lw": 1.0} if name == "segue-inprocess" else {"lw": 2.5 if name == "segue" else 1.5}
+            ax.plot(x, s["mean"], marker="o", ms=3, label=label, color=colour, **style)
             ax.fill_between(x, s["lo"], s["hi"], alpha=0.15, color=colour)
     late = r["config"]["late_from"] + 1
     for ax, title in zip(axes, ("skip rate", "like rate"), strict=True):

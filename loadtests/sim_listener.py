@@ -195,7 +195,8 @@ def utility(space: TrackSpace, listener: TasteListener, mood: Mood, tracks: np.n
     d2 = ((space.features[tracks] - mood.target) ** 2).sum(axis=-1)
     feat = np.exp(-d2 / (2.0 * p.feature_width**2))
     a = space.artist[tracks]
-    repeats = np.array([mood.recent_artists[-3:].count(int(x)) for x in a], dtype=np.float64)
+    recent = np.asarray(mood.recent_artists[-3:], dtype=np.int64)  # [<=3]
+    repeats = (a[:, None] == recent[None, :]).sum(axis=1).astype(np.float64)  # [K]
     return (
         p.genre_weight * genre
         + p.feature_weight * feat
