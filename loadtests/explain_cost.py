@@ -105,11 +105,11 @@ def time_ranks(rescorers: dict[str, Rescorer], states: list[SessionState], repea
     now = [T0] * len(states)
     runs: dict[str, list[float]] = {name: [] for name in rescorers}
     for r in rescorers.values():
-        r.rank(states, now)  # warm-up
+        r.rank(states, now, sources=states)  # warm-up
     for _ in tqdm(range(repeats), desc="rank", leave=False):
         for name, r in rescorers.items():
             started = time.perf_counter()
-            r.rank(states, now)
+            r.rank(states, now, sources=states)  # as the worker calls it
             runs[name].append(time.perf_counter() - started)
     return {name: statistics.median(v) for name, v in runs.items()}
 

@@ -28,7 +28,7 @@ from typing import Final, Protocol
 import numpy as np
 
 from streams.records import Reason
-from streams.session import LIKED, PLAYED, SKIPPED, Dynamics, SessionState, context_features
+from streams.session import LIKED, PLAYED, SKIPPED, Dynamics, SessionState, context_matrix
 
 SIMILAR_TO_LIKED: Final = "similar_to_liked"
 SIMILAR_TO_PLAYED: Final = "similar_to_played"
@@ -179,6 +179,19 @@ def play_strengths(pos: np.ndarray, outcomes: np.ndarray, emb: np.ndarray, dyn: 
     return weights
 
 
+def half_round(v: np.ndarray) -> np.ndarray:
+    """float32 values rounded to float16 precision, as ``v.astype(float16).astype(float32)`` bit for bit within
+    float16's range, about twice as fast: round to nearest even at mantissa bit 13 (normals), to a multiple of
+    2^-24 below 2^-14 (float16 subnormals)."""
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    u = v.view(np.uint32)
+    r = ((u + (np.uint32(0x0FFF) + ((u >> np.uint32(13)) & np.uint32(1)))) & np.uint32(0xFFFFE000)).view(np.float32)
+    small = np.abs(v) < np.float32(2.0**-14)
+    if small.any():
+        r = np.where(small, np.round(v * np.float32(2.0**24)) * np.float32(2.0**-24), r)
+    return r
+
+
 def _snap(part: np.ndarray, whole: np.ndarray, tol: float) -> np.ndarray:
     """Zero the parts [..., D] that are rounding noise of ``whole`` (so an exactly zero vector, such as the
     positives before a session's first play, stays exactly zero)."""
@@ -214,7 +227,7 @@ def remove_events(
     if sources is not None:
         states = sources
     if base_context is None:
-        base_context = np.stack([context_features(s, t) for s, t in zip(states, now_ms, strict=True)])
+        base_context = context_matrix(states, now_ms)
     w = WINDOW
     _, outcomes, emb = window if window is not None else _window(states, items, w)  # [B, W], [B, W, D]
     pos32 = np.stack([s.pos for s in states])  # [B, D]
@@ -225,7 +238,7 @@ def remove_events(
 
     def kept(v: np.ndarray) -> np.ndarray:  # the precision the session rule keeps vectors at
         v = v.astype(np.float32)
-        return v.astype(np.float16).astype(np.float32) if half else v
+        return half_round(v) if half else v
 
     d = dyn.decay
     coef = d ** np.arange(w - 1, -1, -1, dtype=np.float64)  # [W] decay^age
@@ -282,13 +295,13 @@ def remove_events(
     # stage before ranking changed the vectors, e.g. a prior or a steer), the removal's effect is added to the
     # state as it was ranked instead: v_ranked + (replay without k - replay of all).
     full = np.stack([np.zeros_like(pos32), np.zeros_like(neg32), t[:, 0]], axis=1)  # [B, 3, D]
-    for jj in range(oldest, w):
+    for jj in range(oldest if sources is None else w, w):  # (with sources the states are the rule's own)
         use_all = (whole[:, 0] & (outcomes[:, jj] >= 0))[:, None, None]  # [B, 1, 1]
         step = kept(scale[:, jj][:, :, None] * full + add[:, jj][:, :, None] * item32[:, jj][:, None, :])
         full = np.where(use_all, step, full)
     ranked = np.stack([pos32, neg32, taste32], axis=1)  # [B, 3, D]
     slack = (2e-2 if half else 1e-4) * np.maximum(np.abs(ranked).max(axis=(1, 2)), 1e-6)  # [B]
-    same = np.abs(full - ranked).max(axis=(1, 2)) <= slack
+    same = (np.abs(full - ranked).max(axis=(1, 2)) <= slack) | (sources is not None)
     shifted = whole[:, 0] & ~same  # [B]
     vec = np.where(shifted[:, None, None, None], ranked[:, None] + (vec - full[:, None]), vec)
     if sources is not None:  # what the stage before ranking changed, added back
@@ -381,7 +394,7 @@ class Explainer:
         b_count, r_count = len(states), self.events
         window = _window(states, self._items, WINDOW)
         ks, valid = citable(window[0], r_count)  # [B, R] window positions from its end
-        base_ctx = np.stack([context_features(s, t) for s, t in zip(states, now_ms, strict=True)])  # [B, 8]
+        base_ctx = context_matrix(states, now_ms)  # [B, 8]
         removed = remove_events(states, ks, self._items, self._dyn, now_ms, base_ctx, window, sources)  # [B, R]
         n = max((len(p) for p in picks), default=0)
         padded = np.zeros((b_count, n), np.int64)

@@ -19,6 +19,7 @@ from serving.explain import (
     WINDOW,
     Explainer,
     _window,
+    half_round,
     play_strengths,
     remove_events,
     render,
@@ -115,6 +116,13 @@ def _copy_counters(vectors: SessionState, state: SessionState) -> SessionState:
     from dataclasses import replace
 
     return replace(state, pos=vectors.pos, neg=vectors.neg, taste=vectors.taste)
+
+
+def test_half_round_is_float16_rounding_bit_for_bit():
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.normal(size=100_000), 1e-5 * rng.normal(size=20_000), 1e-7 * rng.normal(size=10_000)])
+    x = np.concatenate([x, [0.0, -0.0, 2.0**-14, 6.1e-5, 65504.0]]).astype(np.float32)
+    assert np.array_equal(half_round(x), x.astype(np.float16).astype(np.float32))
 
 
 def test_play_strengths_recover_how_much_was_heard():
