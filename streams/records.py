@@ -41,7 +41,6 @@ MISSING_FIELD: Final = "missing_field"
 INVALID_FIELD: Final = "invalid_field"
 UNKNOWN_TRACK: Final = "unknown_track"
 FUTURE_TIMESTAMP: Final = "future_timestamp"
-WRONG_PARTITION: Final = "wrong_partition"
 REASONS: Final = (
     MALFORMED_JSON,
     OVERSIZED,
@@ -50,7 +49,6 @@ REASONS: Final = (
     INVALID_FIELD,
     UNKNOWN_TRACK,
     FUTURE_TIMESTAMP,
-    WRONG_PARTITION,
 )
 
 

@@ -86,3 +86,23 @@ def test_recommendations_round_trip():
     )
     assert decode_recommendations(encode_record(r)) == r
     assert msgspec.json.decode(encode_record(r))["v"] == 1
+
+
+def test_batch_messages_decode_event_by_event():
+    from streams.errors import InvalidEvent
+    from streams.records import MAX_BATCH_EVENTS, decode_message
+
+    good = b'{"type":"like","event_id":"e1","user_id":"u","track_id":"t","ts_ms":1763900000000}'
+    out = decode_message(b" [" + good + b', {"type":"nap"}, ' + good + b"]")
+    assert [isinstance(e, InvalidEvent) for _, e in out] == [False, True, False]
+    assert out[1][1].reason == "unknown_type" and out[0][0] == good
+    assert decode_message(good)[0][1].event_id == "e1"  # a single event is a batch of one
+    too_many = b"[" + b",".join([good] * (MAX_BATCH_EVENTS + 1)) + b"]"
+    for raw, reason in (
+        (b"[]", "malformed_json"),
+        (b"[1,", "malformed_json"),
+        (too_many, "oversized"),
+        (None, "malformed_json"),
+    ):
+        (only,) = decode_message(raw)
+        assert isinstance(only[1], InvalidEvent) and only[1].reason == reason, raw[:20] if raw else raw
