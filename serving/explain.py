@@ -241,73 +241,47 @@ def remove_events(
         return half_round(v) if half else v
 
     d = dyn.decay
-    coef = d ** np.arange(w - 1, -1, -1, dtype=np.float64)  # [W] decay^age
+    age = np.arange(w - 1, -1, -1, dtype=np.float64)  # [W] events after each slot, all events kept
     weights = play_strengths(pos, outcomes, emb, dyn)  # [B, W]
+    real = outcomes >= 0
     is_skip = outcomes == SKIPPED
-    pos_c = np.where(is_skip, 0.0, weights) * coef  # [B, W] each event's share of pos now
-    neg_c = np.where(is_skip, dyn.skip_weight, 0.0) * coef
-    k = ks + w  # [B, R] absolute positions in the window
-    j = np.arange(w)
-    from_k = (j[None, None, :] >= k[..., None]).astype(np.float64)  # [B, R, W] the removed and later events
-    undecay = d ** -(w - k)[..., None]  # [B, R, 1]: how many decay steps since just before event k
-    tol = 2e-3 if half else 1e-5
-    pos_before = _snap((pos[:, None, :] - (pos_c[:, None, :] * from_k) @ emb) * undecay, pos[:, None, :], tol)
-    neg_before = _snap((neg[:, None, :] - (neg_c[:, None, :] * from_k) @ emb) * undecay, neg[:, None, :], tol)
-
+    pos_w = np.where(is_skip | ~real, 0.0, weights)  # [B, W] what each event added to pos, to neg
+    neg_w = np.where(is_skip, dyn.skip_weight, 0.0)
     rate = np.where(outcomes == LIKED, 2.0, np.where(outcomes == PLAYED, weights, 0.0)) * dyn.taste_rate  # [B, W]
     rate = np.minimum(rate, 0.999)
-    t = np.repeat(taste[:, None, :], k.shape[1], axis=1)  # [B, R, D]
-    first = int(k.min()) if k.size else w  # no event before the earliest removed one matters
-    for jj in range(w - 1, first - 1, -1):  # undo the taste updates back to just before event k
-        a = rate[:, jj][:, None, None]
-        t = np.where((jj >= k)[..., None], (t - a * emb[:, jj][:, None, :]) / (1.0 - a), t)
-    taste_before = _snap(t, taste[:, None, :], tol)
+    k = ks + w  # [B, R] absolute positions in the window
+    # What the window's events do not explain is older than all of them: none for a session that fits in the
+    # window (so what is exactly zero in a replay stays exactly zero), the older events' share otherwise.
+    whole = np.asarray([len(s.recent) == s.events <= w for s in states])  # [B]
+    full_pos = ((pos_w * d**age)[:, None, :] @ emb)[:, 0]  # [B, D]
+    full_neg = ((neg_w * d**age)[:, None, :] @ emb)[:, 0]
+    pos_res = np.where(whole[:, None], 0.0, pos - full_pos)
+    neg_res = np.where(whole[:, None], 0.0, neg - full_neg)
+    # The taste before the window: its affine updates (1 - rate) t + rate item undone in closed form.
+    log_keep = np.log1p(-rate)  # [B, W]
+    after = np.cumsum(log_keep[:, ::-1], axis=1)[:, ::-1] - log_keep  # [B, W] sum over later events
+    taste0 = (taste - ((rate * np.exp(after))[:, None, :] @ emb)[:, 0]) / np.exp(log_keep.sum(axis=1))[:, None]
+    taste0 = _snap(taste0, taste, 2e-3 if half else 1e-5)
 
-    # A session that fits in the window is replayed from its start (vectors zero, the taste undone to before
-    # its first event), so what is exactly zero in a replay stays exactly zero; a longer one from just before k.
-    whole = np.asarray([len(s.recent) == s.events <= w for s in states])[:, None]  # [B, 1]
-    oldest = w - max((min(w, len(s.recent)) for s in states), default=0)  # the first column any session fills
-    for jj in range(w - 1 if whole.any() else -1, oldest - 1, -1):  # (j >= k was undone above)
-        a = rate[:, jj][:, None, None]
-        undone = np.where(outcomes[:, jj][:, None, None] >= 0, (t - a * emb[:, jj][:, None, :]) / (1.0 - a), t)
-        t = np.where(whole[..., None] & (jj < k)[..., None], undone, t)  # the whole-session rows: to the start
-    start = np.where(whole, 0, k + 1)  # [B, R] first event applied again
-    p = np.where(whole[..., None], 0.0, kept(pos_before)).astype(np.float32)  # [B, R, D]
-    n = np.where(whole[..., None], 0.0, kept(neg_before)).astype(np.float32)
-    t = kept(np.where(whole[..., None], _snap(t, taste[:, None, :], tol), taste_before))
-    # pos, neg and taste advance together: v <- kept(scale * v + add * item), per event and vector
-    # (pos: decay, weight or 0; neg: decay, skip weight or 0; taste: 1 - rate, rate; a skip leaves the taste).
-    vec = np.stack([p, n, t], axis=2)  # [B, R, 3, D] float32
-    f32 = np.float32
-    scale = np.stack(
-        [np.full(rate.shape, d), np.full(rate.shape, d), np.where(is_skip, 1.0, 1.0 - rate)], axis=-1
-    ).astype(f32)  # [B, W, 3]
-    add = np.stack(
-        [np.where(is_skip, 0.0, weights), np.where(is_skip, dyn.skip_weight, 0.0), np.where(is_skip, 0.0, rate)],
-        axis=-1,
-    ).astype(f32)
-    item32 = emb.astype(f32)
-    for jj in range(max(oldest, int(start.min())) if start.size else w, w):  # the events again, as apply_event does
-        use = ((jj >= start) & (jj != k) & (outcomes[:, jj] >= 0)[:, None])[..., None, None]  # [B, R, 1, 1]
-        step = kept(scale[:, jj][:, None, :, None] * vec + add[:, jj][:, None, :, None] * item32[:, jj][:, None, None])
-        vec = np.where(use, step, vec)
-    # The whole session replayed without removing anything should give back the state. Where it does not (a
-    # stage before ranking changed the vectors, e.g. a prior or a steer), the removal's effect is added to the
-    # state as it was ranked instead: v_ranked + (replay without k - replay of all).
-    full = np.stack([np.zeros_like(pos32), np.zeros_like(neg32), t[:, 0]], axis=1)  # [B, 3, D]
-    for jj in range(oldest if sources is None else w, w):  # (with sources the states are the rule's own)
-        use_all = (whole[:, 0] & (outcomes[:, jj] >= 0))[:, None, None]  # [B, 1, 1]
-        step = kept(scale[:, jj][:, :, None] * full + add[:, jj][:, :, None] * item32[:, jj][:, None, :])
-        full = np.where(use_all, step, full)
-    ranked = np.stack([pos32, neg32, taste32], axis=1)  # [B, 3, D]
-    slack = (2e-2 if half else 1e-4) * np.maximum(np.abs(ranked).max(axis=(1, 2)), 1e-6)  # [B]
-    same = (np.abs(full - ranked).max(axis=(1, 2)) <= slack) | (sources is not None)
-    shifted = whole[:, 0] & ~same  # [B]
-    vec = np.where(shifted[:, None, None, None], ranked[:, None] + (vec - full[:, None]), vec)
-    if sources is not None:  # what the stage before ranking changed, added back
-        changed = np.stack([np.stack([s.pos, s.neg, s.taste]) for s in ranked_states]) - ranked  # [B, 3, D]
-        vec = vec + changed[:, None]
-    p, n, t = vec[:, :, 0], vec[:, :, 1], vec[:, :, 2]
+    # Without event k: an event before k has one event fewer after it; event k contributes nothing.
+    j = np.arange(w)
+    keep = (j[None, None, :] != k[..., None]) & real[:, None, :]  # [B, R, W]
+    later = np.cumsum(keep[..., ::-1], axis=2)[..., ::-1] - keep  # [B, R, W] kept events after each
+    decay = np.where(keep, d**later, 0.0)
+    p = (pos_w[:, None, :] * decay) @ emb + pos_res[:, None, :] / d  # [B, R, D]
+    n = (neg_w[:, None, :] * decay) @ emb + neg_res[:, None, :] / d
+    lk = np.where(keep, log_keep[:, None, :], 0.0)  # [B, R, W]
+    after_k = np.cumsum(lk[..., ::-1], axis=2)[..., ::-1] - lk
+    t = (
+        taste0[:, None, :] * np.exp(lk.sum(axis=2))[..., None]
+        + (np.where(keep, rate[:, None, :], 0.0) * np.exp(after_k)) @ emb
+    )
+    p, n, t = kept(p), kept(n), kept(t)
+    if sources is not None and any(a is not b for a, b in zip(ranked_states, sources, strict=True)):
+        # what the stage before ranking changed, added back
+        p = p + (np.stack([s.pos for s in ranked_states]) - pos32)[:, None]
+        n = n + (np.stack([s.neg for s in ranked_states]) - neg32)[:, None]
+        t = t + (np.stack([s.taste for s in ranked_states]) - taste32)[:, None]
     removed = np.take_along_axis(outcomes, k, axis=1)  # [B, R]
     untouched = np.stack([s.taste for s in ranked_states])[:, None, :]
     t = np.where(((removed < 0) | (removed == SKIPPED))[..., None], untouched, t)  # the taste stays as ranked
