@@ -214,10 +214,11 @@ def remove_events(
     """Each session without event ``ks[b, r]`` (a position in the last ``WINDOW`` events, counted from the
     window's end: -1 is the latest), as if it had been replayed through ``apply_event`` without it.
 
-    The vectors just before the removed event are recovered from the final ones (the decayed sums less the
-    removed and later events' shares, un-decayed; the taste's affine updates undone), then the later events
-    are applied again with ``apply_event``'s own float32 arithmetic, rounding to float16 after each step when
-    the state's vectors are kept at half precision (detected from the values). The counters change as in a
+    In closed form over the window: each kept event's share of ``pos``/``neg`` is its weight times decay to the
+    power of the events kept after it; the taste is the taste before the window (its affine updates undone)
+    carried through the kept events' updates; what the window's events do not explain (older events of a long
+    session) ages one step less. The result is rounded once to the state's precision (float16 when the state's
+    vectors are kept at half precision, detected from the values). The counters change as in a
     replay. ks int64 [B, R] with values in [-WINDOW, -1]; ``base_context`` float32 [B, 8]: the sessions' own
     ``context_features`` at ``now_ms`` and ``window`` the sessions' ``_window`` (computed here when not given).
     ``sources``: the states as the session rule left them, where a stage changed the vectors before ranking
