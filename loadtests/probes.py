@@ -6,6 +6,7 @@ in the report (throughput, histogram latency per interval, lag, CPU) is computed
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import urllib.request
@@ -21,6 +22,9 @@ EVENTS: str = "segue_events_total"
 LAG: str = "segue_consumer_lag_events"
 E2E: str = "segue_event_to_recommendations_seconds"
 RESCORE: str = "segue_rescore_seconds"
+
+
+log = logging.getLogger(__name__)
 
 
 def scrape(url: str, timeout_s: float = 2.0) -> str:
@@ -133,6 +137,7 @@ class Sampler:
     recs_seen: Callable[[], int]
     interval_s: float = 0.5
     rows: list[Sample] = field(default_factory=list)
+    errors: int = 0  # samples skipped because a scrape or a process probe failed
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -154,7 +159,11 @@ class Sampler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
-            self.tick()
+            try:
+                self.tick()
+            except Exception as exc:  # noqa: BLE001 - a missed scrape (a busy machine) must not end the sampling
+                self.errors += 1
+                log.warning("sample skipped: %s", exc)
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
 
     def latest(self) -> Sample | None:
@@ -163,5 +172,9 @@ class Sampler:
     def stop(self) -> list[Sample]:
         self._stop.set()
         self._thread.join(timeout=10)
-        self.tick()
+        try:
+            self.tick()
+        except Exception as exc:  # noqa: BLE001
+            self.errors += 1
+            log.warning("last sample skipped: %s", exc)
         return self.rows

@@ -1,5 +1,5 @@
 """``segue-forget USER [USER ...]``: remove everything segue stores about listeners (state, recommendations,
-prompt steer).
+prompt steer, exploration/diversity preferences).
 
 Uses the worker's Redis settings (``SEGUE_REDIS__*``). Events already on Kafka topics age out with the
 topics' retention; this command removes the derived per-user data.
@@ -12,19 +12,27 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from serving.prefs_store import RedisPreferencesStore
 from streams.errors import StoreUnavailable
 from streams.settings import WorkerSettings
 from streams.steer_store import RedisSteerStore, SteerStore
 from streams.stores import RedisStore
 
 
-async def forget(store: RedisStore, users: Sequence[str], steers: SteerStore | None = None) -> dict[str, bool]:
-    """Forget each user (their state, recommendations and prompt steer); True where something was stored."""
+async def forget(
+    store: RedisStore,
+    users: Sequence[str],
+    steers: SteerStore | None = None,
+    prefs: RedisPreferencesStore | None = None,
+) -> dict[str, bool]:
+    """Forget each user (state, recommendations, prompt steer, preferences); True where something was stored."""
     out = {}
     for u in users:
         found = await store.forget_user(u)
         if steers is not None:
             found = await steers.delete_steer(u) or found
+        if prefs is not None:
+            found = await prefs.delete(u) or found
         out[u] = found
     return out
 
@@ -36,13 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = WorkerSettings().redis
     store = RedisStore.connect(settings)
     steers = RedisSteerStore.connect(settings)
+    prefs = RedisPreferencesStore.connect(settings)
 
     async def run() -> dict[str, bool]:
         try:
-            return await forget(store, args.users, steers)
+            return await forget(store, args.users, steers, prefs)
         finally:
             await store.close()
             await steers.close()
+            await prefs.close()
 
     try:
         result = asyncio.run(run())

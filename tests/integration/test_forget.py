@@ -4,6 +4,8 @@ import asyncio
 
 import numpy as np
 
+from serving.diversity import Preferences
+from serving.prefs_store import RedisPreferencesStore
 from streams.forget import main
 from streams.records import Like, Recommendations, RecommendedTrack
 from streams.session import SessionState, apply_event
@@ -27,6 +29,9 @@ def test_forget_user_removes_state_and_recommendations(embedded_stack, redis_pre
         steers = RedisSteerStore.connect(settings)
         await steers.put_steer("steered-only", steer("calm", NOW + 60_000), NOW)
         await steers.close()
+        prefs = RedisPreferencesStore.connect(settings)
+        await prefs.put("tuned-only", Preferences(exploration=0.2, diversity=0.5))
+        await prefs.close()
 
     async def look():
         store = RedisStore.connect(settings)
@@ -38,9 +43,10 @@ def test_forget_user_removes_state_and_recommendations(embedded_stack, redis_pre
     asyncio.run(seed())
     monkeypatch.setenv("SEGUE_REDIS__URL", settings.url)
     monkeypatch.setenv("SEGUE_REDIS__KEY_PREFIX", redis_prefix)
-    assert main(["gone", "never-seen", "steered-only"]) == 0
+    assert main(["gone", "never-seen", "steered-only", "tuned-only"]) == 0
     out = capsys.readouterr().out
     assert "gone: forgotten" in out and "never-seen: nothing stored" in out
     assert "steered-only: forgotten" in out  # a prompt steer is per-user data too
+    assert "tuned-only: forgotten" in out  # and so are the listener's exploration/diversity preferences
     (gone, kept), gone_recs = asyncio.run(look())
     assert gone is None and gone_recs is None and kept is not None
