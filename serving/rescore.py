@@ -238,7 +238,9 @@ def to_record(
     reasons = ranking.reasons.reasons(track_ids) if ranking.reasons is not None else [None] * len(ranking.indices)
     items = [  # plain Python numbers first: numpy scalars are slow to convert one by one
         RecommendedTrack(track_id=track_ids[i], score=round(s, 5), rank=r + 1, reason=why)
-        for r, (i, s, why) in enumerate(zip(ranking.indices.tolist(), ranking.scores.tolist(), reasons, strict=True))
+        for r, (i, s, why) in enumerate(
+            zip(ranking.indices.tolist(), np.asarray(ranking.scores, np.float32).tolist(), reasons, strict=True)
+        )
     ]
     return Recommendations(
         user_id=user_id,

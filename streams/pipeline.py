@@ -119,8 +119,8 @@ class Processor:
         if not per_user:
             return out
         final = await self._apply_all(per_user, out)
-        out.recommendations = await self._rank(final, per_user)
-        await self._store.put_recommendations(out.recommendations)
+        out.recommendations, ranked = await self._rank(final, per_user)
+        await self._store.put_recommendations(out.recommendations, ranked)
         return out
 
     def _validate(self, batch: Sequence[Incoming], out: BatchOutcome) -> dict[str, Pending]:
@@ -194,7 +194,9 @@ class Processor:
             current = after
         return current, outcomes
 
-    async def _rank(self, final: dict[str, SessionState], per_user: dict[str, Pending]) -> list[Recommendations]:
+    async def _rank(
+        self, final: dict[str, SessionState], per_user: dict[str, Pending]
+    ) -> tuple[list[Recommendations], list[Ranking]]:
         """Rank every user of the batch (also those whose events were all redelivered: their earlier
         recommendations may never have been published)."""
         users = list(final)
@@ -244,7 +246,7 @@ class Processor:
             )
         for kind, n in kinds.items():
             self._metrics.recommendations.labels(kind).inc(n)
-        return recs
+        return recs, rankings
 
     def _rank_in_chunks(
         self,

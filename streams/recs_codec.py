@@ -14,7 +14,7 @@ every reader understands.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 import numpy as np
@@ -86,6 +86,41 @@ class RecsCodec:
         """The stored bytes for ``recs``: v2 when the catalog holds every track and reason, else v1 JSON."""
         compact = self._compact(recs) if self._ids is not None and recs.model_version == self._model_version else None
         return compact if compact is not None else encode_record(recs)
+
+    def encode_ranked(self, recs: Recommendations, ranked: Any) -> bytes:
+        """``encode(recs)`` straight from the ranking ``recs`` was made from (``serving.rescore.Ranking``:
+        ``indices`` int [n], ``scores`` float [n], ``reasons`` with ``codes`` (indices into this codec's code table),
+        ``cited`` (-1: none) and ``contribution``, or ``None``), without walking the record's items; it reads back
+        as the record ``serving.rescore.to_record`` built from the same ranking."""
+        if self._ids is None or recs.model_version != self._model_version:
+            return encode_record(recs)
+        n = len(ranked.indices)
+        width = "<u4" if self._wide else "<u2"
+        why = ranked.reasons
+        if why is None:
+            codes, cited, contrib = bytes(n), np.full(n, 0xFFFFFFFF if self._wide else 0xFFFF), np.zeros(n)
+        else:
+            codes = (np.asarray(why.codes, dtype=np.int64) + 1).astype(np.uint8).tobytes()
+            cited = np.where(np.asarray(why.cited) < 0, 0xFFFFFFFF if self._wide else 0xFFFF, why.cited)
+            contrib = why.contribution
+        return _encoder.encode(
+            _RecsV2(
+                fmt=RECS_FORMAT,
+                model_version=recs.model_version,
+                provider=recs.provider,
+                session_id=recs.session_id,
+                event_id=recs.event_id,
+                event_ms=recs.event_ms,
+                generated_ms=recs.generated_ms,
+                fallback=recs.fallback,
+                wide=self._wide,
+                indices=np.asarray(ranked.indices).astype(width).tobytes(),
+                scores=np.asarray(ranked.scores).astype("<f4").tobytes(),
+                reason_codes=codes,
+                cited=np.asarray(cited).astype(width).tobytes(),
+                contributions=np.asarray(contrib).astype("<f4").tobytes(),
+            )
+        )
 
     def decode(self, user_id: str, raw: bytes) -> Recommendations | None:
         """The record for ``user_id``; ``None`` for a v2 list of another model version."""

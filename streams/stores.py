@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -56,8 +56,11 @@ class Store(Protocol):
         """The latest recommendations for a user, or ``None``."""
         ...
 
-    async def put_recommendations(self, recs: Sequence[Recommendations]) -> None:
-        """Replace the latest recommendations of each user in ``recs``."""
+    async def put_recommendations(self, recs: Sequence[Recommendations], ranked: Sequence[Any] | None = None) -> None:
+        """Replace the latest recommendations of each user in ``recs`` (users without a state are skipped).
+
+        ``ranked[i]``: the ``serving.rescore.Ranking`` that ``recs[i]`` was made from, if at hand (cheaper to
+        encode than the record)."""
         ...
 
     async def forget_user(self, user_id: str) -> bool:
@@ -115,12 +118,13 @@ class MemoryStore:
         recs = unpack_user(raw)[2] if raw is not None else b""
         return self._codec.decode(user_id, recs) if recs else None
 
-    async def put_recommendations(self, recs: Sequence[Recommendations]) -> None:
-        for r in recs:
+    async def put_recommendations(self, recs: Sequence[Recommendations], ranked: Sequence[Any] | None = None) -> None:
+        for k, r in enumerate(recs):
             current = self._users.get(r.user_id)
             if current is not None:
                 version, state, _ = unpack_user(current)
-                self._users[r.user_id] = pack_user(version, state, self._codec.encode(r))
+                blob = self._codec.encode_ranked(r, ranked[k]) if ranked is not None else self._codec.encode(r)
+                self._users[r.user_id] = pack_user(version, state, blob)
 
     async def forget_user(self, user_id: str) -> bool:
         return self._users.pop(user_id, None) is not None
@@ -272,13 +276,14 @@ class RedisStore:
         codec = await self._codec_for(recs)
         return codec.decode(user_id, recs) if codec is not None else None
 
-    async def put_recommendations(self, recs: Sequence[Recommendations]) -> None:
+    async def put_recommendations(self, recs: Sequence[Recommendations], ranked: Sequence[Any] | None = None) -> None:
         if not recs:
             return
         pipe = self._r.pipeline(transaction=False)
         self._publish_catalog(pipe)
-        for r in recs:
-            await self._put_recs(keys=[self.user_key(r.user_id)], args=[self._codec.encode(r)], client=pipe)
+        for k, r in enumerate(recs):
+            blob = self._codec.encode_ranked(r, ranked[k]) if ranked is not None else self._codec.encode(r)
+            await self._put_recs(keys=[self.user_key(r.user_id)], args=[blob], client=pipe)
         await self._run("put_recommendations", pipe)
 
     async def forget_user(self, user_id: str) -> bool:

@@ -84,3 +84,37 @@ def test_unknown_formats_are_refused():
         RecsCodec(IDS, "m1", CODES).decode("u", msgspec.msgpack.encode(raw))
     with pytest.raises(StateFormatError):
         model_version_of(b"\x01garbage")
+
+
+def test_encoding_from_the_ranking_gives_the_records_bytes(quick_bundle):
+    """The worker stores lists straight from its rankings; they must read back as the published record."""
+    import numpy as np
+
+    from serving.catalog import Catalog
+    from serving.explain import REASON_CODES, Explanations
+    from serving.rescore import Ranking, to_record
+
+    catalog = Catalog.load(quick_bundle)
+    codec = RecsCodec(catalog.track_ids, catalog.model_version, REASON_CODES)
+    rng = np.random.default_rng(3)
+    for with_reasons in (True, False):
+        for _ in range(30):
+            idx = rng.choice(len(catalog), size=20, replace=False)
+            scores = (rng.normal(size=20) * 3).astype(np.float32)
+            why = None
+            if with_reasons:
+                cited = np.where(rng.random(20) < 0.5, rng.integers(0, len(catalog), 20), -1)
+                codes = rng.integers(0, len(REASON_CODES), 20).astype(np.int8)
+                why = Explanations(codes, cited, rng.normal(size=20).astype(np.float32))
+            ranking = Ranking(idx, scores, False, why)
+            rec = to_record(
+                "u",
+                ranking,
+                catalog.track_ids,
+                catalog.model_version,
+                "CPUExecutionProvider",
+                generated_ms=5,
+                event_id="e",
+            )
+            raw = codec.encode_ranked(rec, ranking)
+            assert codec.decode("u", raw) == rec
