@@ -95,7 +95,6 @@ class RecsCodec:
         if self._ids is None or recs.model_version != self._model_version:
             return encode_record(recs)
         n = len(ranked.indices)
-        width = "<u4" if self._wide else "<u2"
         why = ranked.reasons
         if why is None:
             codes, cited, contrib = bytes(n), np.full(n, 0xFFFFFFFF if self._wide else 0xFFFF), np.zeros(n)
@@ -103,24 +102,7 @@ class RecsCodec:
             codes = (np.asarray(why.codes, dtype=np.int64) + 1).astype(np.uint8).tobytes()
             cited = np.where(np.asarray(why.cited) < 0, 0xFFFFFFFF if self._wide else 0xFFFF, why.cited)
             contrib = why.contribution
-        return _encoder.encode(
-            _RecsV2(
-                fmt=RECS_FORMAT,
-                model_version=recs.model_version,
-                provider=recs.provider,
-                session_id=recs.session_id,
-                event_id=recs.event_id,
-                event_ms=recs.event_ms,
-                generated_ms=recs.generated_ms,
-                fallback=recs.fallback,
-                wide=self._wide,
-                indices=np.asarray(ranked.indices).astype(width).tobytes(),
-                scores=np.asarray(ranked.scores).astype("<f4").tobytes(),
-                reason_codes=codes,
-                cited=np.asarray(cited).astype(width).tobytes(),
-                contributions=np.asarray(contrib).astype("<f4").tobytes(),
-            )
-        )
+        return self._pack(recs, ranked.indices, ranked.scores, codes, cited, contrib)
 
     def decode(self, user_id: str, raw: bytes) -> Recommendations | None:
         """The record for ``user_id``; ``None`` for a v2 list of another model version."""
@@ -179,6 +161,11 @@ class RecsCodec:
                 if code is None or t is None or why.text:
                     return None
                 codes[k], cited[k], contrib[k] = code, t, why.contribution
+        return self._pack(recs, idx, scores, bytes(codes), cited, contrib)
+
+    def _pack(self, recs: Recommendations, idx: Any, scores: Any, codes: bytes, cited: Any, contrib: Any) -> bytes:
+        """The v2 bytes: ``recs``' metadata and the per-item columns (array-likes of length n)."""
+        width = "<u4" if self._wide else "<u2"
         return _encoder.encode(
             _RecsV2(
                 fmt=RECS_FORMAT,
@@ -190,11 +177,11 @@ class RecsCodec:
                 generated_ms=recs.generated_ms,
                 fallback=recs.fallback,
                 wide=self._wide,
-                indices=np.asarray(idx, dtype="<u4" if self._wide else "<u2").tobytes(),
-                scores=np.asarray(scores, dtype="<f4").tobytes(),
-                reason_codes=bytes(codes),
-                cited=np.asarray(cited, dtype="<u4" if self._wide else "<u2").tobytes(),
-                contributions=np.asarray(contrib, dtype="<f4").tobytes(),
+                indices=np.asarray(idx).astype(width).tobytes(),
+                scores=np.asarray(scores).astype("<f4").tobytes(),
+                reason_codes=codes,
+                cited=np.asarray(cited).astype(width).tobytes(),
+                contributions=np.asarray(contrib).astype("<f4").tobytes(),
             )
         )
 
