@@ -14,7 +14,7 @@ from serving.bias import session_bias
 from serving.candidates import CandidateSource
 from serving.catalog import Catalog
 from serving.editorial_api import editorial_from
-from serving.explain import Explainer
+from serving.explain import REASON_CODES, Explainer
 from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
 from serving.scorer import OnnxScorer
@@ -26,6 +26,7 @@ from serving.text_encoder import TextEncoder
 from streams.errors import ModelError, SegueError
 from streams.metrics import Metrics
 from streams.pipeline import now_ms
+from streams.recs_codec import RecsCodec
 from streams.sdk import EventProducer
 from streams.stores import RedisStore
 
@@ -53,7 +54,9 @@ def build_api(settings: ApiSettings) -> FastAPI:
         artists=artist_codes(catalog.artist_of),
     )
     producer = EventProducer.connect(settings.kafka, topic=settings.topics.events) if settings.ingest else None
-    store = RedisStore.connect(settings.redis, metrics)
+    # Lists the API ranks on demand are stored compactly too (recommendations v2, docs/state.md).
+    codec = RecsCodec(catalog.track_ids, catalog.model_version, REASON_CODES)
+    store = RedisStore.connect(settings.redis, metrics, codec)
     scoring = settings.scoring
     bias = session_bias(scoring, settings.redis, catalog.model_version, index_refresh_ms=None)  # no stale steers
     steering = None
