@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from loadtests.report import json_safe  # noqa: E402
+
 PLOTS = ("skip_like_by_position.png", "tradeoff.png")
 ARM_STYLE = {
     "segue": ("segue (live stack)", "tab:blue"),
@@ -20,16 +22,6 @@ ARM_STYLE = {
     "static": ("static (no session context)", "tab:orange"),
     "random": ("random", "tab:gray"),
 }
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, float):
-        return None if not math.isfinite(x) else x
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    return x
 
 
 def _pct(x: float | None) -> str:
@@ -205,7 +197,7 @@ def markdown(r: dict[str, Any]) -> str:
 def write_report(out: Path, results: dict[str, Any]) -> None:
     """Write ``results.json``, ``report.md`` and the PNGs into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    results = _clean(results)
+    results = json_safe(results)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot_positions(out, results)
     if results["curve"]:

@@ -20,13 +20,14 @@ PLOTS = ("throughput.png", "latency.png", "lag.png")
 TOP_BUCKET_MS = LATENCY_BUCKETS[-1] * 1000.0
 
 
-def _clean(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
+    """``x`` with non-finite floats as ``None`` and dict keys as strings (JSON has neither NaN nor int keys)."""
     if isinstance(x, float):
         return None if not math.isfinite(x) else x
     if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
@@ -170,7 +171,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 def write(out: Path, r: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_clean(r), indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(json_safe(r), indent=2) + "\n")
     (out / "report.md").write_text(markdown(r))
     plots(out, r)
 

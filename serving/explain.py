@@ -76,6 +76,8 @@ KIND_PINNED: Final = 2
 
 
 class Scorer(Protocol):
+    """What scores candidates: the session model's call (signature v1), [B, K] logits."""
+
     def score(
         self,
         session_pos: np.ndarray,

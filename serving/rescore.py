@@ -15,6 +15,7 @@ import numpy as np
 from serving.candidates import CandidateSource
 from serving.diversity import Preferences, rerank, seed_for
 from serving.explain import KIND_EXPLORED, KIND_PINNED, KIND_RANKED, POPULAR, SESSION_FIT, Explainer, Explanations
+from serving.explain import Scorer as Scores
 from serving.retrieval import Retriever
 from serving.rules import ActiveRules, place_pins
 from serving.separation import demote_recent_artists
@@ -24,20 +25,11 @@ from streams.session import SessionState, context_matrix, query_vector, query_ve
 log = logging.getLogger(__name__)
 
 
-class Scorer(Protocol):
-    """The session model (``serving.scorer.OnnxScorer`` in production)."""
+class Scorer(Scores, Protocol):
+    """The session model (``serving.scorer.OnnxScorer`` in production): ``Scores.score`` plus its labels."""
 
     provider: str
     model_version: str
-
-    def score(
-        self,
-        session_pos: np.ndarray,
-        session_neg: np.ndarray,
-        taste: np.ndarray,
-        context: np.ndarray,
-        candidates: np.ndarray,
-    ) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
