@@ -41,14 +41,20 @@ def demote_recent_artists(
     if window <= 0 or not states:
         return scores
     out = np.array(scores, dtype=np.float32, copy=True)
+    recent = np.full((len(states), window), -2, dtype=np.int64)  # [B, W]; -2 matches no candidate
     for b, state in enumerate(states):
-        recent = {int(a) for a in artists[list(state.recent[-window:])] if a >= 0} if state.recent else set()
-        if not recent:
-            continue
-        held = np.isin(artists[idx[b]], list(recent)) & np.isfinite(out[b])
-        if not held.any() or held.all():
-            continue
-        finite = out[b][np.isfinite(out[b])]
-        span = float(finite.max() - finite.min()) + 1.0
-        out[b, held] = out[b, held] - span
+        tail = state.recent[-window:]
+        if tail:
+            recent[b, : len(tail)] = artists[list(tail)]
+    recent[recent < 0] = -2  # an unknown artist (-1) is never held back
+    cand = artists[idx]  # [B, K]
+    finite = np.isfinite(out)
+    held = (cand[:, :, None] == recent[:, None, :]).any(axis=2) & finite  # [B, K]
+    rows = held.any(axis=1) & ~held.all(axis=1)  # some held back, and not every candidate
+    if not rows.any():
+        return out
+    lo = np.where(finite, out, np.inf).min(axis=1)
+    hi = np.where(finite, out, -np.inf).max(axis=1)
+    span = (hi - lo + 1.0).astype(np.float32)  # [B]
+    out -= np.where(held & rows[:, None], span[:, None], np.float32(0.0))
     return out

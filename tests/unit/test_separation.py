@@ -44,3 +44,27 @@ def test_window_unknown_artist_ineligible_and_all_held():
         demote_recent_artists([_state((0,))], np.array([[0, 1]]), scores[:, :2], ARTISTS), scores[:, :2]
     )  # everything held back: nothing to move ahead
     assert np.array_equal(demote_recent_artists([_state((0,))], idx, scores, ARTISTS, window=0), scores)
+
+
+def _one_by_one(states, idx, scores, artists, window):
+    """The rule stated per user, as a reference for the batched implementation."""
+    out = np.array(scores, dtype=np.float32, copy=True)
+    for b, state in enumerate(states):
+        recent = {int(a) for a in artists[list(state.recent[-window:])] if a >= 0} if state.recent else set()
+        held = np.isin(artists[idx[b]], list(recent)) & np.isfinite(out[b])
+        if recent and held.any() and not held.all():
+            finite = out[b][np.isfinite(out[b])]
+            out[b, held] -= float(finite.max() - finite.min()) + 1.0
+    return out
+
+
+def test_batched_rule_equals_the_rule_per_user():
+    rng = np.random.default_rng(3)
+    artists = rng.integers(-1, 6, size=40)
+    states = [_state(tuple(rng.integers(0, 40, size=rng.integers(0, 6)).tolist())) for _ in range(50)]
+    idx = rng.integers(0, 40, size=(50, 12))
+    scores = rng.standard_normal((50, 12)).astype(np.float32)
+    scores[rng.random((50, 12)) < 0.1] = -np.inf
+    for window in (1, 3, 5):
+        expected = _one_by_one(states, idx, scores, artists, window)
+        assert np.array_equal(demote_recent_artists(states, idx, scores, artists, window), expected)
