@@ -1,10 +1,15 @@
 """Model bundle format v1: a directory with everything the worker and the API need to score.
 
-* ``manifest.json`` - {"format": "segue-model-bundle", "format_version": 1, "signature": 1,
-  "model_version", "dim", "context_features", "n_tracks", "created_utc", "training": {...}}
-* ``model.onnx``    - the session scorer, ONNX signature v1 (``models_onnx.signature``)
+* ``manifest.json`` - {"format": "segue-model-bundle", "format_version": 1, "signature": 1 or 2,
+  "model_version", "dim", "context_features", "n_tracks", "created_utc", "training": {...}}; a signature-2
+  bundle adds "candidate_features" (names, ``models_onnx.signature.CANDIDATE_FEATURES``) and
+  "track_stats": {"file": "features.npz", "format_version": 1, "neighbours": M}
+* ``model.onnx``    - the session scorer, ONNX signature v1 or v2 (``models_onnx.signature``)
 * ``items.npy``     - float32 [n_tracks, dim], L2-normalised item embeddings, row i = track i
 * ``tracks.json``   - list in index order of {"track_id", "artist_id", "genre", "popularity", "features"}
+* ``features.npz``  - signature 2 only (``serving.features.TrackStats``): ``neighbour_idx`` int32 [N, M]
+  (-1 padding) and ``neighbour_val`` float32 [N, M] (the top-M co-occurrence neighbours of each track, best
+  first), ``popularity`` and ``skip_rate`` float32 [N], ``skip_prior`` float32 []
 
 ``write_bundle`` writes into a fresh sibling directory and renames it into place, so readers never see a
 half-written bundle. Every reader raises ``ModelError`` with a message that says how to fix the problem.
@@ -24,7 +29,8 @@ from typing import Any, Final
 
 import numpy as np
 
-from models_onnx.signature import SIGNATURE
+from models_onnx.signature import CANDIDATE_FEATURES, SIGNATURE, SIGNATURES
+from serving.features import TrackStats
 from streams.errors import ModelError
 from streams.session import CONTEXT_FEATURES
 
@@ -34,6 +40,8 @@ MANIFEST: Final = "manifest.json"
 MODEL: Final = "model.onnx"
 ITEMS: Final = "items.npy"
 TRACKS: Final = "tracks.json"
+FEATURES: Final = "features.npz"
+TRACK_STATS_VERSION: Final = 1
 _REQUIRED: Final = ("model_version", "dim", "context_features", "n_tracks")
 
 
@@ -48,12 +56,21 @@ def write_bundle(
     tracks: Sequence[Mapping[str, Any]],
     model_version: str,
     training: Mapping[str, Any],
+    signature: int = SIGNATURE,
+    stats: TrackStats | None = None,
 ) -> Path:
-    """Write a v1 bundle to ``out_dir``, replacing an existing bundle there; return the directory.
+    """Write a bundle to ``out_dir``, replacing an existing bundle there; return the directory.
 
-    ``items`` float32 [N, D] must be L2-normalised and ``tracks`` have N entries. Refuses (ModelError) to
-    replace a non-empty directory that is not a bundle.
+    ``items`` float32 [N, D] must be L2-normalised and ``tracks`` have N entries; a ``signature`` 2 model needs
+    ``stats`` for its candidate features. Refuses (ModelError) to replace a non-empty directory that is not a
+    bundle.
     """
+    if signature not in SIGNATURES:
+        raise ModelError(f"signature {signature} is not one of {SIGNATURES}")
+    if (signature >= 2) != (stats is not None):
+        raise ModelError("a signature-2 bundle needs track stats, and only it carries them")
+    if stats is not None and len(stats) != len(tracks):
+        raise ModelError(f"track stats cover {len(stats)} tracks, the bundle {len(tracks)}")
     out = Path(out_dir)
     items = np.ascontiguousarray(items, dtype=np.float32)
     if items.ndim != 2 or items.shape[0] != len(tracks):
@@ -65,7 +82,7 @@ def write_bundle(
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "signature": SIGNATURE,
+        "signature": signature,
         "model_version": model_version,
         "dim": int(items.shape[1]),
         "context_features": list(CONTEXT_FEATURES),
@@ -73,12 +90,28 @@ def write_bundle(
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "training": dict(training),
     }
+    if stats is not None:
+        manifest["candidate_features"] = list(CANDIDATE_FEATURES)
+        manifest["track_stats"] = {
+            "file": FEATURES,
+            "format_version": TRACK_STATS_VERSION,
+            "neighbours": int(stats.neighbour_idx.shape[1]),
+        }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         tmp.chmod(0o755)
         (tmp / MODEL).write_bytes(model_onnx)
         np.save(tmp / ITEMS, items)
+        if stats is not None:
+            np.savez(
+                tmp / FEATURES,
+                neighbour_idx=stats.neighbour_idx.astype(np.int32),
+                neighbour_val=stats.neighbour_val.astype(np.float32),
+                popularity=stats.popularity.astype(np.float32),
+                skip_rate=stats.skip_rate.astype(np.float32),
+                skip_prior=np.float32(stats.skip_prior),
+            )
         (tmp / TRACKS).write_text(json.dumps(list(tracks), separators=(",", ":")) + "\n")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():
@@ -95,7 +128,7 @@ def write_bundle(
 
 
 def read_manifest(bundle_dir: Path | str) -> dict[str, Any]:
-    """The validated manifest of the bundle at ``bundle_dir``; ModelError if absent or not servable v1."""
+    """The validated manifest of the bundle at ``bundle_dir``; ModelError if absent or not servable."""
     path = Path(bundle_dir)
     if not (path / MANIFEST).is_file():
         raise ModelError(f"no model bundle at {path}: {train_hint(path)}")
@@ -110,16 +143,45 @@ def read_manifest(bundle_dir: Path | str) -> dict[str, Any]:
             f"model bundle {path} has format_version {manifest.get('format_version')!r}; this code reads "
             f"{FORMAT_VERSION}: {train_hint(path)}"
         )
-    if manifest.get("signature") != SIGNATURE:
+    if manifest.get("signature") not in SIGNATURES:
         raise ModelError(
-            f"model bundle {path} has signature {manifest.get('signature')!r}; this code serves {SIGNATURE}"
+            f"model bundle {path} has signature {manifest.get('signature')!r}; this code serves {SIGNATURES}"
         )
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
         raise ModelError(f"manifest of {path} lacks {', '.join(missing)}")
     if list(manifest["context_features"]) != list(CONTEXT_FEATURES):
         raise ModelError(f"model bundle {path} expects context features {manifest['context_features']}")
+    if manifest["signature"] >= 2:
+        if list(manifest.get("candidate_features", [])) != list(CANDIDATE_FEATURES):
+            raise ModelError(f"model bundle {path} expects candidate features {manifest.get('candidate_features')}")
+        ts = manifest.get("track_stats")
+        if not isinstance(ts, dict) or ts.get("format_version") != TRACK_STATS_VERSION:
+            raise ModelError(f"model bundle {path} lacks track stats format {TRACK_STATS_VERSION}")
     return manifest
+
+
+def read_track_stats(bundle_dir: Path | str, manifest: Mapping[str, Any]) -> TrackStats:
+    """``features.npz`` of a signature-2 bundle, checked against the manifest."""
+    path = Path(bundle_dir) / FEATURES
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stats = TrackStats(
+                neighbour_idx=z["neighbour_idx"],
+                neighbour_val=z["neighbour_val"],
+                popularity=z["popularity"],
+                skip_rate=z["skip_rate"],
+                skip_prior=float(z["skip_prior"]),
+            )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"unreadable track stats {path}: {exc}") from exc
+    n, m = manifest["n_tracks"], manifest["track_stats"]["neighbours"]
+    ok = stats.neighbour_idx.shape == (n, m) and stats.neighbour_val.shape == (n, m)
+    ok = ok and stats.popularity.shape == (n,) and stats.skip_rate.shape == (n,)
+    ok = ok and bool((stats.neighbour_idx < n).all())
+    if not ok:
+        raise ModelError(f"{path} does not match the manifest's {n} tracks x {m} neighbours")
+    return stats
 
 
 def read_items(bundle_dir: Path | str, manifest: Mapping[str, Any]) -> np.ndarray:

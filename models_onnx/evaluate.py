@@ -47,11 +47,12 @@ class EvalConfig:
     gru: bool = True
     segue: bool = True
     progress: bool = True
-    gru_seconds: float = 120.0
+    gru_epochs: float = 1.0
     segue_epochs: int = 3
-    segue_max_train: int = 200_000
+    segue_max_train: int = 150_000
     candidates: int = 1000
     history: int = 500
+    neighbours: int = 200
 
 
 def _timed(fn: Callable[[], Any], timings: dict[str, float], key: str) -> Any:
@@ -66,7 +67,7 @@ def next_methods(cfg: EvalConfig) -> list[NextTrack]:
     if cfg.gru:
         from models_onnx.gru4rec import GRU4Rec
 
-        methods.append(GRU4Rec(seconds=cfg.gru_seconds, seed=cfg.seed, progress=cfg.progress))
+        methods.append(GRU4Rec(epochs=cfg.gru_epochs, seed=cfg.seed, progress=cfg.progress))
     return methods
 
 
@@ -86,9 +87,11 @@ def run_fold(fold: Fold, cfg: EvalConfig, out: Path, timings: dict[str, float]) 
             key,
         )
         steps = getattr(m, "steps_done", None)
-        budget = f"{getattr(m, 'steps', '?')} steps or {getattr(m, 'seconds', 0.0):.0f} s"
         note = (
-            f"trained {steps} steps of batch {getattr(m, 'batch', '?')} (budget {budget})" if steps is not None else ""
+            f"trained {steps} steps of batch {getattr(m, 'batch', '?')}, {getattr(m, 'epochs_done', 0.0):.2f} epochs "
+            f"over the training sessions (budget {getattr(m, 'epochs', '?')} epochs)"
+            if steps is not None
+            else ""
         )
         results.append(next_result(m.name, ranks, p, boot, note=note))
     results.append(skip_result("user skip rate", user_skip_rate(fold, p.rows), p, boot))
@@ -160,11 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--holdout-users", type=float, default=0.2, help="users mode without --test: held-out fraction")
     p.add_argument("--max-users", type=int, default=None, help="seeded random subset of --data users")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
-    p.add_argument("--gru-seconds", type=float, default=120.0, help="training time budget of the GRU baseline")
+    p.add_argument("--gru-epochs", type=float, default=1.0, help="training budget of the GRU baseline, in epochs")
     p.add_argument("--segue-epochs", type=int, default=3)
     p.add_argument("--candidates", type=int, default=1000, help="candidates rescored by the model")
     p.add_argument("--history", type=int, default=500, help="of them, the listener's most recent distinct tracks")
-    p.add_argument("--segue-max-train", type=int, default=200_000, help="training transitions of the segue model")
+    p.add_argument("--neighbours", type=int, default=200, help="of them, co-occurrence neighbours of the session")
+    p.add_argument("--segue-max-train", type=int, default=150_000, help="training transitions of the segue model")
     p.add_argument("--no-gru", action="store_true")
     p.add_argument("--no-segue", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -182,10 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         gru=not args.no_gru,
         segue=not args.no_segue,
         progress=not args.no_progress,
-        gru_seconds=args.gru_seconds,
+        gru_epochs=args.gru_epochs,
         segue_epochs=args.segue_epochs,
         candidates=args.candidates,
         history=args.history,
+        neighbours=args.neighbours,
         segue_max_train=args.segue_max_train,
     )
     import torch

@@ -3,13 +3,14 @@
 Trained on the training sessions (chunks of ``seq_len`` plays) to predict each next track with a sampled
 softmax: the true track against ``n_neg`` tracks drawn by popularity^0.75, with the log-Q correction.
 At test time the last ``seq_len`` known tracks of the current session are run through the GRU and every
-catalog track is scored (dot product with its output embedding plus a bias). Training stops after
-``steps`` updates or ``seconds``, whichever comes first (``steps_done`` tells which).
+catalog track is scored (dot product with its output embedding plus a bias). The budget is in steps, not
+seconds, so it does not depend on the machine's load: ``epochs`` passes over the training chunks
+(``steps = ceil(epochs * chunks / batch)``; ``steps_done`` and ``epochs_done`` report what ran).
 """
 
 from __future__ import annotations
 
-import time
+import math
 
 import numpy as np
 import torch
@@ -47,18 +48,21 @@ class GRU4Rec:
         dim: int = 64,
         hidden: int = 100,
         seq_len: int = 20,
-        batch: int = 128,
+        batch: int = 256,
         n_neg: int = 2048,
-        steps: int = 3000,
-        seconds: float = 120.0,
+        epochs: float = 1.0,
         lr: float = 2e-3,
         seed: int = 0,
         progress: bool = True,
     ) -> None:
+        if epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {epochs}")
         self.dim, self.hidden_size, self.seq_len, self.batch = dim, hidden, seq_len, batch
-        self.n_neg, self.steps, self.seconds, self.lr, self.seed = n_neg, steps, seconds, lr, seed
+        self.n_neg, self.epochs, self.lr, self.seed = n_neg, epochs, lr, seed
         self.progress = progress
+        self.steps = 0
         self.steps_done = 0
+        self.epochs_done = 0.0
 
     def _chunks(self, fold: Fold) -> np.ndarray:
         """int64 [C, seq_len + 1] training chunks of consecutive session plays, padded with N."""
@@ -88,15 +92,14 @@ class GRU4Rec:
         opts = [torch.optim.SparseAdam(sparse, lr=self.lr), torch.optim.Adam(dense, lr=self.lr)]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # small batched ops: one thread does several times more steps on a shared machine
-        t0 = time.perf_counter()
         self.net.train()
+        self.steps = math.ceil(self.epochs * len(chunks) / self.batch)
+        order = np.concatenate([rng.permutation(len(chunks)) for _ in range(math.ceil(self.epochs))])
         bar = tqdm(
             range(self.steps), desc=f"{fold.name}: GRU4Rec train", unit="step", disable=not self.progress, leave=False
         )
         for step in bar:
-            if time.perf_counter() - t0 > self.seconds or not len(chunks):
-                break
-            x = torch.from_numpy(chunks[rng.integers(0, len(chunks), self.batch)])
+            x = torch.from_numpy(chunks[order[step * self.batch : (step + 1) * self.batch]])
             inp, tgt = x[:, :-1], x[:, 1:]
             mask = tgt < n
             h = self.net.hidden(inp)[mask]  # [M, dim]
@@ -113,6 +116,7 @@ class GRU4Rec:
             for o in opts:
                 o.step()
             self.steps_done = step + 1
+        self.epochs_done = self.steps_done * self.batch / max(1, len(chunks))
         torch.set_num_threads(threads)
         self.net.eval()
         with torch.no_grad():

@@ -82,21 +82,23 @@ def read_events(data_dir: Path) -> tuple[np.ndarray, ...]:
     files = sorted(data_dir.glob("events_part*.csv*"))
     if not files:
         raise FileNotFoundError(f"no events_part*.csv.gz in {data_dir}")
-    cols: list[list[str]] = [[], [], [], []]
+    parts: list[list[str]] = []
     for path in files:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt", newline="") as fh:  # type: ignore[operator]
             header = fh.readline().strip().split(",")
             if tuple(header) != EVENT_COLUMNS:
                 raise ValueError(f"{path}: expected columns {EVENT_COLUMNS}, got {header}")
-            for line in fh.read().splitlines():
-                if line:
-                    u, t, ms, tr = line.split(",")
-                    cols[0].append(u)
-                    cols[1].append(t)
-                    cols[2].append(ms)
-                    cols[3].append(tr)
-    return np.asarray(cols[0]), np.asarray(cols[1]), np.asarray(cols[2]).astype(np.int64), np.asarray(cols[3])
+            lines = fh.read().splitlines()
+        lines = [line for line in lines if line]
+        if not lines:
+            continue
+        fields_ = ",".join(lines).split(",")  # one split for the whole file
+        if len(fields_) % 4:
+            raise ValueError(f"{path}: every row needs {len(EVENT_COLUMNS)} fields")
+        parts.append(fields_)
+    cols = [np.asarray([v for p in parts for v in p[i::4]]) for i in range(4)]
+    return cols[0], cols[1], cols[2].astype(np.int64), cols[3]
 
 
 def read_artists(data_dir: Path) -> dict[str, str]:

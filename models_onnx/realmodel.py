@@ -1,24 +1,28 @@
 """The segue model on real listening histories: train, export, bundle, and evaluate through serving code.
 
 1. Item embeddings (``models_onnx.realscorer.meta_embeddings``): PPMI/SVD co-occurrence dimensions of
-   the training plays (``models_onnx.cooc_embeddings``) plus each track's training skip rate and
-   popularity as descriptive coordinates.
+   the training plays (``models_onnx.cooc_embeddings``) plus each track's training skip rate (without the
+   training rows' own plays) and popularity as descriptive coordinates; the bundle's track stats
+   (``models_onnx.track_stats``: top-``NEIGHBOURS`` co-occurrence neighbours, popularity, skip rate).
 2. Replay plays through ``streams.session.apply_event`` (``replay_states``): a play of < 30 s is a ``Skip``
    event, any other a ``Play`` event; tracks outside the catalog are not applied (the worker dead-letters
-   them). The state before each wanted row is recorded with ``context_features(state, ts)``.
-3. Fit ``models_onnx.realscorer.RealScorer`` (``fit_real``) on each training user's last plays: a sampled
-   softmax of the next track against the candidates serving would rescore, at their places in the serving
-   list (``replay_training``: the session's played tracks and the listener's recent distinct tracks from
-   ``CandidateSource.fixed``; tracks drawn by popularity^0.75 at places in the retrieval part), and a
-   binary cross-entropy for "played through"; then the skip calibration P(skip) = 1 - sigmoid(a * score + b)
-   on the played tracks' scores.
-4. Export with ``models_onnx.export.export_model`` (checker + ONNX/torch parity) and write a v1 bundle.
-5. Evaluate through serving: ``serving.catalog.Catalog.load`` + ``serving.scorer.OnnxScorer.load`` +
-   ``serving.rescore.Rescorer`` with ``serving.candidates.CandidateSource`` (session repeats on, the
+   them). The state before each wanted row is recorded with ``context_features(state, ts)``; the listener's
+   history before it with ``serving.features.listener_history`` (``HistoryCache``).
+3. Fit ``models_onnx.realscorer.FeatureScorer`` (signature v2, ``fit_real``) on each training user's last
+   plays: a softmax of the next track against negatives from the candidates serving would rescore
+   (``replay_training``: ``CandidateSource.fixed``: the session's played tracks, co-occurrence neighbours, the
+   listener's recent distinct tracks; the hard ones from the head of that list) and tracks drawn by
+   popularity^0.75 (standing in for retrieval), every candidate with its ``FeatureBuilder.build`` evidence;
+   a binary cross-entropy of the ``keep`` head for "played through" (also on targets shown as unknown tracks).
+4. Export with ``models_onnx.export.export_model`` (checker + ONNX/torch parity of both outputs) and write a
+   signature-2 bundle with ``features.npz``.
+5. Evaluate through serving: ``serving.catalog.Catalog.load`` + ``serving.scorer.OnnxScorer.load`` (which
+   loads the track stats into ``OnnxScorer.features``) + ``serving.rescore.Rescorer`` with
+   ``serving.candidates.CandidateSource`` (session repeats, ``neighbours`` co-occurrence neighbours, the
    listener's ``history`` most recent distinct tracks, retrieval by ``query_vector`` filling up to
-   ``n_candidates``), then ONNX rescoring. Tracks outside the candidates rank after them in retrieval
-   order; the session's recent tracks that were not candidates rank last. The candidate list's own order
-   is reported too, as a baseline without the model.
+   ``n_candidates``), then ONNX rescoring with the features. Tracks outside the candidates rank after them in
+   retrieval order; the session's recent tracks that were not candidates rank last. The candidate list's own
+   order is reported too, as a baseline without the model. P(skip) = 1 - sigmoid(keep) of the played track.
 """
 
 from __future__ import annotations
@@ -39,21 +43,35 @@ from models_onnx.export import export_model
 from models_onnx.metrics import Bootstrap
 from models_onnx.protocol import Positions, Result, next_result, skip_result
 from models_onnx.realdata import Fold, Plays
-from models_onnx.realscorer import N_META, RealScorer, meta_embeddings
-from models_onnx.skips import PRIOR_WEIGHT, fit_logistic
+from models_onnx.realscorer import N_META, FeatureScorer, meta_embeddings
+from models_onnx.signature import CANDIDATE_FEATURES, N_CANDIDATE_FEATURES, N_CONTEXT
+from models_onnx.track_stats import skip_rates, track_stats
 from serving.candidates import CandidateSource
 from serving.catalog import Catalog
+from serving.features import (
+    HISTORY_WINDOW,
+    SKIP_PRIOR_WEIGHT,
+    FeatureBuilder,
+    ListenerHistory,
+    as_unknown,
+    distinct_recent,
+    listener_history,
+)
 from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
 from serving.scorer import OnnxScorer
 from streams.records import Play, Skip
-from streams.session import SessionState, apply_event, context_features, query_vector
+from streams.session import SessionState, apply_event, context_features, context_matrix, query_vector
 
 MAX_PLAYED_MS = 86_400_000
 WARMUP = 1500  # plays replayed before the first wanted row of a user (long-term taste settles)
-N_FIXED_NEG = 30  # per training row: negatives drawn from the repeats and history candidates serving offers
-HISTORY_WINDOW = 3000  # plays looked back for a listener's most recent distinct tracks
-KEEP_WEIGHT = 3.0  # served score = next + KEEP_WEIGHT * keep logit (models_onnx.realscorer)
+TOP_PLACES = 60  # the head of serving's fixed candidates, where the hard negatives are
+N_TOP_NEG = 24  # per training row: negatives drawn from that head
+N_ANY_NEG = 16  # ... from the rest of the fixed candidates
+N_POP_NEG = 12  # ... drawn by popularity^0.75 (standing in for retrieval)
+KEEP_WEIGHT = 0.0  # served score = next + KEEP_WEIGHT * keep logit (models_onnx.realscorer.FeatureScorer)
+NEIGHBOURS = 50  # co-occurrence neighbours per track in the bundle
+UNKNOWN_SHARE = 0.25  # of each batch's targets, also shown to the skip head as tracks outside the catalog
 
 
 def _event(plays: Plays, r: int) -> Play | Skip:
@@ -96,24 +114,31 @@ def replay_states(
     bar.close()
 
 
-def recent_distinct(items: np.ndarray, start: int, r: int, n: int, window: int = HISTORY_WINDOW) -> np.ndarray:
-    """int64 [<= n]: the distinct known items of ``items[start:r]`` (one user's earlier plays), most recent
-    first, looking back at most ``window`` plays."""
-    seg = items[max(start, r - window) : r][::-1]
-    seg = seg[seg >= 0]
-    uniq, first = np.unique(seg, return_index=True)
-    return uniq[np.argsort(first, kind="stable")][:n]
-
-
 def row_starts(plays: Plays) -> np.ndarray:
     """int64 [E]: the first row of each row's user."""
     starts, ends = plays.user_bounds()
     return np.repeat(starts, ends - starts)
 
 
+class HistoryCache:
+    """``listener_history`` with the part that only changes between sessions (the distinct tracks before the
+    session) computed once per session."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, int] = (-1, -1)
+        self._distinct: tuple[np.ndarray, np.ndarray] | None = None
+
+    def get(self, items: np.ndarray, skips: np.ndarray, start: int, r: int, session_start: int) -> ListenerHistory:
+        s0 = max(start, session_start)
+        if self._key != (start, s0) or self._distinct is None:
+            self._key = (start, s0)
+            self._distinct = distinct_recent(items, max(start, s0 - HISTORY_WINDOW), s0, HISTORY_WINDOW)
+        return listener_history(items, skips, start, r, HISTORY_WINDOW, s0, distinct=self._distinct)
+
+
 @dataclass(frozen=True)
 class TrainRows:
-    """Replayed training states; arrays share length R."""
+    """Replayed training states and their candidates; arrays share length R."""
 
     pos: np.ndarray  # float32 [R, D]
     neg: np.ndarray  # float32 [R, D]
@@ -121,9 +146,8 @@ class TrainRows:
     context: np.ndarray  # float32 [R, 8]
     target: np.ndarray  # int64 [R]
     kept: np.ndarray  # float32 [R]: 1 if the target was played through
-    cand: np.ndarray  # int64 [R, 1 + N_FIXED_NEG]: the target, then tracks of the fixed candidates, -1 pad
-    place: np.ndarray  # int64 [R, 1 + N_FIXED_NEG]: their positions in the serving candidate list
-    n_fixed: np.ndarray  # int64 [R]: length of the fixed part (repeats + history) of the serving list
+    cand: np.ndarray  # int64 [R, C]: the target, then negatives (serving's candidates, popular tracks), -1 pad
+    feats: np.ndarray  # float16 [R, C, F]: their candidate features (serving.features.FeatureBuilder)
 
     def __len__(self) -> int:
         return int(self.target.shape[0])
@@ -140,57 +164,85 @@ def training_rows(fold: Fold, max_rows: int) -> np.ndarray:
     return np.flatnonzero(keep & (t.pos > 0) & (fold.train_items >= 0))
 
 
+def _negatives(fixed: list[int], t: int, rng: np.random.Generator) -> list[int]:
+    """Negatives from serving's fixed candidates: ``N_TOP_NEG`` of the first ``TOP_PLACES`` (the hard ones:
+    repeats, best neighbours, latest history), ``N_ANY_NEG`` of the rest; the target left out."""
+    others = np.asarray([c for c in fixed if c != t], np.int64)
+    top, rest = others[:TOP_PLACES], others[TOP_PLACES:]
+    pick = [rng.choice(top, min(N_TOP_NEG, len(top)), replace=False)] if len(top) else []
+    pick += [rng.choice(rest, min(N_ANY_NEG, len(rest)), replace=False)] if len(rest) else []
+    return np.concatenate(pick).tolist() if pick else []
+
+
 def replay_training(
-    fold: Fold, emb: np.ndarray, rows: np.ndarray, history: int, k: int, rng: np.random.Generator, progress: bool
+    fold: Fold,
+    emb: np.ndarray,
+    rows: np.ndarray,
+    source: CandidateSource,
+    builder: FeatureBuilder,
+    k: int,
+    neg_p: np.ndarray,
+    rng: np.random.Generator,
+    progress: bool,
 ) -> TrainRows:
-    """Replay the training plays and collect one example per row of ``rows`` with the candidates serving
-    would offer: ``CandidateSource.fixed`` (the session's played tracks, the ``history`` most recent distinct
-    tracks) at their list positions. A target outside that part gets a random position in the retrieval
-    part (up to ``k``)."""
-    source = CandidateSource(emb, ExactRetriever(emb), repeats=True, history=history)
-    items = fold.train_items
+    """Replay the training plays and collect one example per row of ``rows``: the state, the target, negatives
+    from the candidates serving would offer (``CandidateSource.fixed``: repeats, co-occurrence neighbours, the
+    listener's history) and ``N_POP_NEG`` tracks drawn with probabilities ``neg_p`` (retrieval stands in for
+    them), with the features ``FeatureBuilder.build`` computes for each."""
+    items, skips = fold.train_items, fold.train.skip
     first = row_starts(fold.train)
-    pos, neg, taste, ctx, cand, place, n_fixed = [], [], [], [], [], [], []
-    for r, st in replay_states(fold.train, items, emb, rows, "segue: replay training plays", progress):
-        pos.append(st.pos)
-        neg.append(st.neg)
-        taste.append(st.taste)
-        ctx.append(context_features(st, int(fold.train.ts_ms[r])))
-        fixed = source.fixed(st, recent_distinct(items, int(first[r]), r, history) if history else None)[:k]
+    width = 1 + N_TOP_NEG + N_ANY_NEG + N_POP_NEG
+    n_rows = len(rows)
+    pos = np.empty((n_rows, emb.shape[1]), np.float32)
+    neg, taste = np.empty_like(pos), np.empty_like(pos)
+    ctx = np.empty((n_rows, N_CONTEXT), np.float32)
+    cand = np.full((n_rows, width), -1, np.int64)
+    feats = np.zeros((n_rows, width, N_CANDIDATE_FEATURES), np.float16)
+    pops = rng.choice(len(emb), size=(n_rows, N_POP_NEG), p=neg_p)
+    pending: list[tuple[int, SessionState, ListenerHistory]] = []
+    histories = HistoryCache()
+
+    def flush() -> None:
+        at = np.asarray([i for i, _, _ in pending])
+        feats[at] = builder.build([s for _, s, _ in pending], np.maximum(cand[at], 0), [h for _, _, h in pending])
+        pending.clear()
+
+    for i, (r, st) in enumerate(replay_states(fold.train, items, emb, rows, "segue: replay training plays", progress)):
+        pos[i], neg[i], taste[i] = st.pos, st.neg, st.taste
+        ctx[i] = context_features(st, int(fold.train.ts_ms[r]))
+        hist = histories.get(items, skips, int(first[r]), r, r - int(fold.train.pos[r]))
         t = int(items[r])
-        where = fixed.index(t) if t in fixed else -1
-        t_place = where if where >= 0 else len(fixed) + int(rng.integers(0, max(1, k - len(fixed))))
-        others = np.delete(np.arange(len(fixed)), where) if where >= 0 else np.arange(len(fixed))
-        pick = rng.choice(others, size=min(N_FIXED_NEG, len(others)), replace=False) if len(others) else others
-        pad = N_FIXED_NEG - len(pick)
-        cand.append([t, *(fixed[i] for i in pick), *([-1] * pad)])
-        place.append([t_place, *pick.tolist(), *([0] * pad)])
-        n_fixed.append(len(fixed))
-    return TrainRows(
-        np.stack(pos), np.stack(neg), np.stack(taste), np.stack(ctx), items[rows].astype(np.int64),
-        (~fold.train.skip[rows]).astype(np.float32), np.asarray(cand, np.int64), np.asarray(place, np.int64),
-        np.asarray(n_fixed, np.int64),
-    )  # fmt: skip
+        negs = _negatives(source.fixed(st, hist)[:k], t, rng)
+        row = [t, *negs, *pops[i].tolist()]
+        cand[i, : len(row)] = row
+        pending.append((i, st, hist))
+        if len(pending) == 512:
+            flush()
+    if pending:
+        flush()
+    # The target's own play is in its track's training skip rate: leave it out, as the skip baseline does.
+    t, y = items[rows], skips[rows].astype(np.float64)
+    c = fold.vocab.counts[t].astype(np.float64)
+    rate = builder.stats.skip_rate[t].astype(np.float64)
+    loo = (rate * (c + SKIP_PRIOR_WEIGHT) - y) / np.maximum(c - 1.0 + SKIP_PRIOR_WEIGHT, 1e-9)
+    feats[:, 0, CANDIDATE_FEATURES.index("track_skip_rate")] = loo
+    return TrainRows(pos, neg, taste, ctx, items[rows].astype(np.int64), (~skips[rows]).astype(np.float32), cand, feats)
 
 
 def fit_real(
-    model: RealScorer,
+    model: FeatureScorer,
     data: TrainRows,
     emb: np.ndarray,
     epochs: int,
     rng: np.random.Generator,
-    neg_p: np.ndarray,
-    n_pop: int = 20,
-    k: int = 1000,
-    batch: int = 1024,
+    skip_prior: float,
+    batch: int = 512,
     lr: float = 3e-3,
     progress: bool = True,
 ) -> float:
-    """Train ``model`` in place; return the last epoch's mean loss (softmax next + BCE kept).
-
-    Candidates per row: the target and the fixed-candidate draws of ``data`` at their list positions, and
-    ``n_pop`` tracks drawn with probabilities ``neg_p`` float [N] at random positions of the retrieval part
-    (up to ``k``); a negative equal to the target (or missing) is masked."""
+    """Train ``model`` in place; return the last epoch's mean loss: the softmax of the served score over each
+    row's candidates (the target first; padding and negatives equal to the target masked) plus the binary
+    cross-entropy of the target's ``keep`` logit against "played through"."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small ops: one thread is faster than two on a shared machine
     items_t = torch.from_numpy(emb)
@@ -198,51 +250,48 @@ def fit_real(
     steps = epochs * ((len(data) + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, steps), pct_start=0.1)
     bce = torch.nn.BCEWithLogitsLoss()
+    bad = (data.cand < 0) | (data.cand == data.target[:, None])
+    bad[:, 0] = False
+    tensors = [torch.from_numpy(a) for a in (data.pos, data.neg, data.taste, data.context)]
+    cand_t, bad_t = torch.from_numpy(np.maximum(data.cand, 0)), torch.from_numpy(bad)
+    feats_t, kept_t = torch.from_numpy(data.feats), torch.from_numpy(data.kept)
+    unknown_t = torch.from_numpy(as_unknown(data.feats[:, :1], skip_prior))  # [R, 1, F]
     last = float("nan")
     model.train()
-    tensors = [torch.from_numpy(a) for a in (data.pos, data.neg, data.taste, data.context)]
-    for _epoch in tqdm(range(epochs), desc="segue: train", unit="epoch", disable=not progress, leave=False):
+    bar = tqdm(total=steps, desc="segue: train", unit="step", disable=not progress, leave=False, mininterval=1.0)
+    for _epoch in range(epochs):
         order = rng.permutation(len(data))
-        pop = rng.choice(len(emb), size=(len(data), n_pop), p=neg_p)
-        spread = np.maximum(1, k - data.n_fixed)[:, None]
-        pop_place = data.n_fixed[:, None] + rng.integers(0, spread, (len(data), n_pop))
-        cand = np.concatenate([data.cand, pop], axis=1)  # [R, K']
-        place_t = torch.from_numpy(np.concatenate([data.place, pop_place], axis=1))
-        bad = (cand < 0) | (cand == data.target[:, None])
-        bad[:, 0] = False
-        cand_t, bad_t = torch.from_numpy(np.maximum(cand, 0)), torch.from_numpy(bad)
-        kept_t = torch.from_numpy(data.kept)
         total, n = 0.0, 0
         for s in range(0, len(order), batch):
             rows = torch.from_numpy(order[s : s + batch])
-            nxt, keep = model.heads(*(t[rows] for t in tensors), items_t[cand_t[rows]], place_t[rows])  # [b, K']
-            score = (nxt + model.keep_weight * keep).masked_fill(bad_t[rows], -1e9)  # the served score
+            nxt, keep = model.heads(*(t[rows] for t in tensors), items_t[cand_t[rows]], feats_t[rows].float())
+            score = (nxt + model.keep_weight * keep).masked_fill(bad_t[rows], -1e9)  # the served score [b, C]
             loss = torch.nn.functional.cross_entropy(score, torch.zeros(len(rows), dtype=torch.long))
             loss = loss + bce(keep[:, 0], kept_t[rows])
+            # Tracks outside the catalog are played too (15-37% of test plays): the skip head learns them from
+            # a share of the targets shown as unknown (zero embedding, no track evidence).
+            u = rows[: int(len(rows) * UNKNOWN_SHARE)]
+            _, keep_u = model.heads(
+                *(t[u] for t in tensors), torch.zeros(len(u), 1, emb.shape[1]), unknown_t[u].float()
+            )  # fmt: skip
+            loss = loss + UNKNOWN_SHARE * bce(keep_u[:, 0], kept_t[u])
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
+            bar.update(1)
             total += float(loss.detach()) * len(rows)
             n += len(rows)
         last = total / max(n, 1)
+    bar.close()
     model.eval()
     torch.set_num_threads(threads)
     return last
 
 
-def _skip_rates(fold: Fold) -> np.ndarray:
-    n = len(fold.vocab)
-    prior = float(fold.train.skip.mean())
-    skips = np.bincount(fold.train_items, weights=fold.train.skip.astype(np.float64), minlength=n)
-    counts = np.bincount(fold.train_items, minlength=n).astype(np.float64)
-    return (skips + PRIOR_WEIGHT * prior) / (counts + PRIOR_WEIGHT)
-
-
-def train_bundle(
-    fold: Fold, out: Path, dim: int, epochs: int, max_rows: int, seed: int, progress: bool, history: int, k: int
-) -> dict[str, Any]:
-    """Train on ``fold.train`` and write a v1 bundle to ``out``; return the training summary."""
+def train_bundle(fold: Fold, out: Path, dim: int, cfg: Any) -> dict[str, Any]:
+    """Train on ``fold.train`` and write a signature-2 bundle to ``out``; return the training summary."""
+    seed, progress, k = int(cfg.seed), bool(cfg.progress), int(cfg.candidates)
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 29])
     n = len(fold.vocab)
@@ -251,23 +300,23 @@ def train_bundle(
     base, counts = sparse_item_embeddings(
         fold.train_items[kept], fold.train.session[kept], n, dim - N_META, [artist], rng
     )
-    emb = meta_embeddings(base, _skip_rates(fold), fold.vocab.counts)
-    data = replay_training(fold, emb, training_rows(fold, max_rows), history, k, rng, progress)
+    stats = track_stats(fold, m=NEIGHBOURS)
+    rows = training_rows(fold, int(cfg.segue_max_train))
+    emb = meta_embeddings(base, skip_rates(fold, exclude=rows), fold.vocab.counts)  # no training label in it
+    builder = FeatureBuilder(stats)
+    source = CandidateSource(
+        emb, ExactRetriever(emb), repeats=True, history=int(cfg.history), neighbours=builder,
+        n_neighbours=int(cfg.neighbours),
+    )  # fmt: skip
     q = fold.vocab.counts.astype(np.float64) ** 0.75
-    model = RealScorer(dim, keep_weight=KEEP_WEIGHT)
-    loss = fit_real(model, data, emb, epochs, rng, q / q.sum(), k=k, progress=progress)
-    with torch.no_grad():
-        s = np.concatenate([
-            model(*(torch.from_numpy(a[i : i + 8192]) for a in (data.pos, data.neg, data.taste, data.context)),
-                  torch.from_numpy(emb[data.target[i : i + 8192]][:, None, :]))[:, 0].numpy()
-            for i in range(0, len(data), 8192)
-        ])  # fmt: skip
-    a, b = fit_logistic(s[:, None].astype(np.float64), data.kept.astype(np.float64))
+    data = replay_training(fold, emb, rows, source, builder, k, q / q.sum(), rng, progress)
+    model = FeatureScorer(dim, N_CANDIDATE_FEATURES, keep_weight=KEEP_WEIGHT)
+    loss = fit_real(model, data, emb, int(cfg.segue_epochs), rng, stats.skip_prior, progress=progress)
     digest = hashlib.sha256(emb.tobytes())
     for tensor in model.state_dict().values():
         digest.update(tensor.numpy().tobytes())
     version = f"real-{fold.name}-s{seed}-{digest.hexdigest()[:10]}"
-    onnx_bytes = export_model(model, dim, version, np.random.default_rng([seed, 31]))
+    onnx_bytes = export_model(model, dim, version, np.random.default_rng([seed, 31]), signature=2)
     top = float(fold.vocab.counts.max())
     tracks = [
         {"track_id": str(t), "artist_id": str(ar), "genre": "", "popularity": round(float(c) / top, 6), "features": {}}
@@ -278,12 +327,13 @@ def train_bundle(
         "data": "real listening histories (internal evaluation only; not shippable)",
         "fold": fold.name,
         "train_examples": len(data),
-        "epochs": epochs,
+        "epochs": int(cfg.segue_epochs),
         "final_loss": round(loss, 5),
         "cold_tracks": int((counts == 0).sum()),
-        "skip_calibration": {"a": float(a), "b": float(b), "p_skip": "1 - sigmoid(a * score + b)"},
+        "neighbours": NEIGHBOURS,
+        "skip": "P(skip) = 1 - sigmoid(keep) of the played track (output keep, signature 2)",
     }
-    write_bundle(out, onnx_bytes, emb, tracks, version, summary)
+    write_bundle(out, onnx_bytes, emb, tracks, version, summary, signature=2, stats=stats)
     return summary
 
 
@@ -294,27 +344,32 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_dir: Path) -> list[Result]:
     """Train, export and bundle the model, then score ``p`` through the serving code; three results: the
     candidate list's own order (a baseline without the model), the served ranking and the skip prediction."""
-    k, h = int(cfg.candidates), int(cfg.history)
-    summary = train_bundle(fold, bundle_dir, 64, cfg.segue_epochs, cfg.segue_max_train, cfg.seed, cfg.progress, h, k)
+    k, h, nn_ = int(cfg.candidates), int(cfg.history), int(cfg.neighbours)
+    train_bundle(fold, bundle_dir, 64, cfg)
     catalog = Catalog.load(bundle_dir)
     scorer = OnnxScorer.load(bundle_dir, device="cpu", intra_op_threads=2)
+    builder = scorer.features
+    assert builder is not None  # a signature-2 bundle
     emb = catalog.embeddings
     retriever = ExactRetriever(emb)
-    source = CandidateSource(emb, retriever, repeats=True, history=h)
+    source = CandidateSource(emb, retriever, repeats=True, history=h, neighbours=builder, n_neighbours=nn_)
     rescorer = Rescorer(emb, retriever, scorer, n_candidates=k, n_recs=k, candidates=source)
-    cal = summary["skip_calibration"]
     ranks = np.empty(len(p))
     order_ranks = np.empty(len(p))  # the candidate list as CandidateSource orders it, without the model
     p_skip = np.empty(len(p))
     batch: list[tuple[int, SessionState]] = []
     where = {int(r): i for i, r in enumerate(p.rows)}
+    histories = HistoryCache()
     first = row_starts(fold.test)
 
     def flush() -> None:
         idx = np.array([where[r] for r, _ in batch])
         states = [s for _, s in batch]
         now = [int(fold.test.ts_ms[r]) for r, _ in batch]
-        hist = [recent_distinct(fold.test_items, int(first[r]), r, h) for r, _ in batch] if h else None
+        hist = [
+            histories.get(fold.test_items, fold.test.skip, int(first[r]), r, r - int(fold.test.pos[r]))
+            for r, _ in batch
+        ]
         rankings = rescorer.rank(states, now, hist)
         target = p.target[idx]
         q = np.stack([query_vector(s) for s in states])
@@ -324,7 +379,7 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
             if t < 0:
                 ranks[idx[j]] = order_ranks[idx[j]] = np.inf
                 continue
-            fixed = source.fixed(st, hist[j] if hist else None)[:k]
+            fixed = source.fixed(st, hist[j])[:k]
             if t in fixed:
                 order_ranks[idx[j]] = 1.0 + fixed.index(t)
             elif t in st.recent:
@@ -346,12 +401,14 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
                 row[list(excluded)] = -np.inf
                 row[rk.indices] = -np.inf
                 ranks[idx[j]] = 1.0 + len(rk.indices) + (row > row[t]).sum() + ((row == row[t]).sum() - 1) / 2.0
-        cand = np.where((target >= 0)[:, None], emb[np.maximum(target, 0)], 0.0)[:, None, :]
-        score = scorer.score(
+        known = (target >= 0)[:, None]
+        cand = np.where(known, emb[np.maximum(target, 0)], 0.0)[:, None, :]  # an unknown track: a zero embedding
+        feats = builder.build(states, target[:, None], hist)
+        _, keep = scorer.score_all(
             np.stack([s.pos for s in states]), np.stack([s.neg for s in states]), np.stack([s.taste for s in states]),
-            np.stack([context_features(s, t) for s, t in zip(states, now, strict=True)]), cand,
-        )[:, 0]  # fmt: skip
-        p_skip[idx] = 1.0 - _sigmoid(cal["a"] * score + cal["b"])
+            context_matrix(states, now), cand, feats,
+        )  # fmt: skip
+        p_skip[idx] = 1.0 - _sigmoid(keep[:, 0].astype(np.float64))
         batch.clear()
 
     for r, st in replay_states(
@@ -363,14 +420,16 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
     if batch:
         flush()
     note = (
-        f"served bundle {scorer.model_version} via OnnxScorer ({scorer.provider}) + Rescorer with CandidateSource: "
-        f"the session's played tracks, the listener's {h} most recent distinct tracks, retrieval by query_vector "
+        f"served bundle {scorer.model_version} (signature {scorer.signature}) via OnnxScorer ({scorer.provider}) + "
+        f"Rescorer with CandidateSource: the session's played tracks, {nn_} co-occurrence neighbours of the "
+        f"session's last tracks, the listener's {h} most recent distinct tracks, retrieval by query_vector "
         f"up to {k} candidates; ONNX rescoring; other tracks after, in retrieval order; the target is among the "
         f"candidates at {np.mean(ranks <= k):.1%} of the positions"
     )
     order_note = (
-        f"no model: the session's played tracks, then the listener's {h} most recent distinct tracks, then "
-        f"retrieval by query_vector, in the order CandidateSource hands them to the model"
+        f"no model: the session's played tracks, then {nn_} co-occurrence neighbours of the session's last tracks, "
+        f"then the listener's {h} most recent distinct tracks, then retrieval by query_vector, in the order "
+        f"CandidateSource hands them to the model"
     )
     return [
         next_result("serving candidates in list order", order_ranks, p, boot, note=order_note),

@@ -1,4 +1,6 @@
-"""The session scorer for real listening data: ONNX signature v1, two heads summed into one score.
+"""The session scorers for real listening data: ``RealScorer`` (ONNX signature v1, two heads summed into one
+score) and ``FeatureScorer`` (signature v2: the same embedding match plus per-candidate evidence, and the
+skip head as its own output), which the offline evaluation trains.
 
 Item embeddings (``meta_embeddings``) are ``dim - N_META`` co-occurrence dimensions followed by
 ``N_META`` descriptive coordinates of the track (its training skip rate and its popularity), so the model
@@ -116,3 +118,63 @@ class RealScorer(nn.Module):
     ) -> torch.Tensor:  # [B, K]
         nxt, keep = self.heads(session_pos, session_neg, taste, context, candidates)
         return nxt + self.keep_weight * keep
+
+
+class FeatureScorer(RealScorer):
+    """The signature-v2 scorer: the v1 embedding match (bilinear query, cosines, dot products, descriptive
+    coordinates) and an MLP over each candidate's evidence (``models_onnx.signature.CANDIDATE_FEATURES``:
+    session repeats and skips, co-occurrence with the session's last tracks, the listener's history, the
+    track's popularity and skip rate) conditioned on the session context. Two outputs: ``scores`` (the
+    next-track logit plus ``keep_weight`` times the keep logit) and ``keep`` (logit of "played through").
+
+    The skip head sees what the logistic-regression baseline sees (previous skip and position and hour in
+    ``context``, the listener's and the track's skip rates in the features) and more.
+    """
+
+    def __init__(
+        self, dim: int, n_features: int, hidden: int = 64, n_context: int = N_CONTEXT, keep_weight: float = 0.0
+    ) -> None:
+        super().__init__(dim, hidden, n_context, keep_weight)
+        self.n_features = n_features
+        n_pair = 7 + 2 * N_META + n_features  # 3 cosines, 3 raw dots, bilinear, meta, meta * taste meta, evidence
+        self.pair = nn.Linear(n_pair, hidden)
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2)
+        )
+
+    def heads(  # type: ignore[override]
+        self,
+        session_pos: torch.Tensor,  # [B, D]
+        session_neg: torch.Tensor,  # [B, D]
+        taste: torch.Tensor,  # [B, D]
+        context: torch.Tensor,  # [B, C]
+        candidates: torch.Tensor,  # [B, K, D]
+        cand_features: torch.Tensor,  # [B, K, F]
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # next [B, K], keep logit [B, K]
+        pos_u, pos_n = _unit(session_pos)
+        neg_u, neg_n = _unit(session_neg)
+        taste_u, taste_n = _unit(taste)
+        q = self.q_pos(pos_u) + self.q_neg(neg_u) + self.q_taste(taste_u)  # [B, D]
+        bilinear = (candidates * q.unsqueeze(1)).sum(-1)  # [B, K]
+        dots = [(candidates * v.unsqueeze(1)).sum(-1) for v in (pos_u, neg_u, taste_u, session_pos, session_neg, taste)]
+        cand_meta = candidates[..., -N_META:]  # [B, K, M]
+        taste_meta = taste_u[:, -N_META:]  # [B, M]
+        pair = torch.cat(
+            [torch.stack([*dots, bilinear], dim=-1), cand_meta, cand_meta * taste_meta.unsqueeze(1), cand_features],
+            dim=-1,
+        )  # [B, K, 7 + 2M + F]
+        user = torch.cat([context, torch.log1p(pos_n), torch.log1p(neg_n), torch.log1p(taste_n), taste_meta], dim=-1)
+        out = self.head(self.pair(pair) + self.user(user).unsqueeze(1))  # [B, K, 2]
+        return self.scale * bilinear + out[..., 0], out[..., 1]
+
+    def forward(  # type: ignore[override]
+        self,
+        session_pos: torch.Tensor,  # [B, D]
+        session_neg: torch.Tensor,  # [B, D]
+        taste: torch.Tensor,  # [B, D]
+        context: torch.Tensor,  # [B, C]
+        candidates: torch.Tensor,  # [B, K, D]
+        cand_features: torch.Tensor,  # [B, K, F]
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # scores [B, K], keep [B, K]
+        nxt, keep = self.heads(session_pos, session_neg, taste, context, candidates, cand_features)
+        return nxt + self.keep_weight * keep, keep

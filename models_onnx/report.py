@@ -137,14 +137,15 @@ def model_card(folds: dict[str, dict[str, Any]], summary: dict[str, Any]) -> str
             "* Item embeddings: PPMI of kept-track co-occurrence in training sessions (window 4, 1/distance), "
             "randomised truncated SVD, rare tracks shrunk toward their artist's mean vector, plus two descriptive "
             "coordinates (training skip rate, popularity); L2-normalised (`models_onnx.realscorer.meta_embeddings`).",
-            "* Session scorer: `models_onnx.realscorer.RealScorer` (ONNX signature v1: session_pos, session_neg, "
-            "taste, context[8], candidates -> scores), inputs from `streams.session.apply_event` replays; "
-            "score = next-track logit + 3 x played-through logit; it reads each candidate's place in the serving "
-            "list (`serving.candidates.CandidateSource` order).",
-            "* Candidates: the session's played tracks, the listener's most recent distinct tracks, retrieval by "
-            "`query_vector` (`CandidateSource`, `scoring.repeats`).",
-            "* Skip probability: P(skip) = 1 - sigmoid(a * score + b) of the played track's score, (a, b) fitted "
-            "on training positions, stored in the bundle manifest (`training.skip_calibration`).",
+            "* Session scorer: `models_onnx.realscorer.FeatureScorer` (ONNX signature v2: session_pos, session_neg, "
+            "taste, context[8], candidates, cand_features[F] -> scores, keep), inputs from `streams.session."
+            "apply_event` replays; scores = the next-track logit (embedding match + an MLP over the candidate "
+            "evidence of `models_onnx.signature.CANDIDATE_FEATURES`, computed by `serving.features.FeatureBuilder` "
+            "from the session state, the bundle's co-occurrence table and the listener's history).",
+            "* Candidates: the session's played tracks, co-occurrence neighbours of the session's last tracks, the "
+            "listener's most recent distinct tracks, retrieval by `query_vector` (`CandidateSource`).",
+            "* Skip probability: P(skip) = 1 - sigmoid(keep) of the played track (the `keep` output, trained with "
+            "a binary cross-entropy; a share of targets shown as tracks outside the catalog).",
             *[f"* {n}" for n in segue_notes],
             "",
             "## Data",
@@ -168,10 +169,9 @@ def model_card(folds: dict[str, dict[str, Any]], summary: dict[str, Any]) -> str
             "## Limits",
             "* The population is small and skewed (mostly students publishing their exports); CIs resample users.",
             "* No likes, no context (device, shuffle, playlist): `log_likes` is always 0.",
-            "* History candidates need the listener's earlier tracks: the offline replay has them, the worker's "
-            "session state (format v1) does not, so online only the session's repeats and retrieval are offered.",
-            "* Signature v1 carries no per-candidate evidence (play count, recency): the model sees recency only "
-            "through the candidate's place in the list and the state vectors.",
+            "* The listener's history (history candidates and features, the long-term skip rate, the previous "
+            "play's skip when its track is outside the catalog) exists in the offline replay only: the worker's "
+            "session state (format v2) has none, so online the history features are 0 (`history_known` = 0).",
             "* The 30 s skip proxy mixes skips with short plays and tracks ended by the listener for other reasons.",
             "",
         ]

@@ -1,12 +1,15 @@
 """Candidate generation: which tracks the session model rescores for each user.
 
-Three sources, merged in this order without duplicates, ``k`` tracks per user:
+Four sources, merged in this order without duplicates, ``k`` tracks per user:
 
 1. repeats (``repeats=True``): the session's recent tracks that were played or liked (not skipped),
    most recent first: real listeners replay what they just heard;
-2. history (``history > 0`` and the caller passes ``histories``): the listener's own earlier tracks,
+2. co-occurrence neighbours (``neighbours`` given and ``n_neighbours > 0``): the tracks that co-occur in
+   training sessions with the session's last tracks (``serving.features.FeatureBuilder.session_neighbours``,
+   the bundle's neighbour table, a session-kNN-like score), best first;
+3. history (``history > 0`` and the caller passes ``histories``): the listener's own earlier tracks,
    most recent first, at most ``history`` of them;
-3. retrieval: the tracks nearest to ``streams.session.query_vector`` that are neither in the session's
+4. retrieval: the tracks nearest to ``streams.session.query_vector`` that are neither in the session's
    recent tracks nor already taken.
 
 With ``repeats=False`` and no history this is exactly the plain retrieval (the session's recent tracks
@@ -20,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from serving.features import FeatureBuilder
 from serving.retrieval import Retriever
 from streams.session import SKIPPED, SessionState
 
@@ -38,29 +42,41 @@ def session_repeats(state: SessionState) -> list[int]:
 
 
 class CandidateSource:
-    """Merges repeats, the listener's history and retrieval into ``k`` candidates per user."""
+    """Merges repeats, co-occurrence neighbours, the listener's history and retrieval into ``k`` candidates."""
 
-    def __init__(self, embeddings: np.ndarray, retriever: Retriever, repeats: bool = False, history: int = 0) -> None:
-        if history < 0:
-            raise ValueError(f"history must be >= 0, got {history}")
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        retriever: Retriever,
+        repeats: bool = False,
+        history: int = 0,
+        neighbours: FeatureBuilder | None = None,
+        n_neighbours: int = 0,
+    ) -> None:
+        if history < 0 or n_neighbours < 0:
+            raise ValueError(f"history and n_neighbours must be >= 0, got {history}, {n_neighbours}")
+        self._neighbours = neighbours
+        self.n_neighbours = n_neighbours if neighbours is not None else 0
         self._items = embeddings  # float32 [N, D]
         self._retriever = retriever
         self.repeats = repeats
         self.history = history
 
     def fixed(self, state: SessionState, history: Sequence[int] | None) -> list[int]:
-        """The candidates that precede retrieval for one user: repeats, then history tracks, in order."""
+        """The candidates that precede retrieval for one user: repeats, neighbours, then history tracks."""
         fixed = session_repeats(state) if self.repeats else []
-        if self.history and history is not None:
-            taken = set(fixed)
-            budget = self.history
-            for t in history:
-                if budget == 0:
-                    break
+        taken = set(fixed)
+        if self.n_neighbours and self._neighbours is not None:
+            for t in self._neighbours.session_neighbours(state, self.n_neighbours):
                 if t not in taken:
                     taken.add(t)
-                    fixed.append(int(t))
-                    budget -= 1
+                    fixed.append(t)
+        if self.history and history is not None:
+            tracks = np.asarray(getattr(history, "tracks", history), dtype=np.int64)
+            tracks = tracks[np.sort(np.unique(tracks, return_index=True)[1])][: self.history + len(taken)]  # distinct
+            if taken:
+                tracks = tracks[~np.isin(tracks, np.fromiter(taken, np.int64, len(taken)))]
+            fixed.extend(tracks[: self.history].tolist())
         return fixed
 
     def generate(

@@ -100,7 +100,12 @@ class Rescorer:
             idx = np.concatenate([idx, np.broadcast_to(pinned, (len(states), len(pinned)))], axis=1)
             sims = np.concatenate([sims, np.zeros((len(states), len(pinned)), sims.dtype)], axis=1)
         try:
-            scores = self._scorer.score(pos, neg, taste, context_matrix(states, now_ms), self._items[idx])  # [B, K]
+            ctx, cands = context_matrix(states, now_ms), self._items[idx]
+            builder = getattr(self._scorer, "features", None)  # a signature-2 model: per-candidate evidence
+            if builder is not None:
+                scores = self._scorer.score(pos, neg, taste, ctx, cands, builder.build(states, idx, histories))
+            else:
+                scores = self._scorer.score(pos, neg, taste, ctx, cands)  # [B, K]
             fallback = False
         except Exception:  # noqa: BLE001 - a model failure must not stop recommendations
             log.exception("session model failed; ranking by retrieval similarity instead")

@@ -1,4 +1,4 @@
-"""The session model at serving time: an ONNX Runtime session checked against signature v1.
+"""The session model at serving time: an ONNX Runtime session checked against signature v1 or v2.
 
 ``OnnxScorer.load(bundle_dir, device)`` picks execution providers with ``select_providers``, creates
 the session, and reports in ``.provider`` the provider ONNX Runtime actually uses
@@ -6,13 +6,15 @@ the session, and reports in ``.provider`` the provider ONNX Runtime actually use
 where the CUDA libraries are missing, and then runs on CPU (after logging an error of its own). Asking
 for "cuda" where CUDA cannot be used logs a warning and serves on CPU; it never fails the load. A model
 whose inputs, outputs or metadata do not match v1 (or its bundle's manifest) is refused with
-``ModelError``.
+``ModelError``. A v2 model (``models_onnx.signature``) also takes per-candidate evidence
+(``cand_features``); its bundle's track stats are loaded into ``OnnxScorer.features``
+(``serving.features.FeatureBuilder``), which ``serving.rescore.Rescorer`` uses to compute them.
 
 On CUDA, ``score`` runs through an IOBinding (``BoundRunner``): per input shape it keeps device buffers
 (the four small inputs packed back to back, the candidates, the output), copies the host arrays into them
 (two ``OrtValue.update_inplace`` calls), runs ``session.run_with_iobinding`` and copies the scores back,
 so ONNX Runtime allocates and binds nothing per call. On CPU it calls ``session.run`` as it always did.
-Both paths take and return the same v1 tensors. CUDA sessions run with TF32 off (``CUDA_OPTIONS``).
+Both paths take and return the same tensors. CUDA sessions run with TF32 off (``CUDA_OPTIONS``).
 """
 
 from __future__ import annotations
@@ -28,17 +30,21 @@ from typing import Final
 import numpy as np
 import onnxruntime as ort
 
-from models_onnx.bundle import MODEL, read_manifest, train_hint
+from models_onnx.bundle import MODEL, read_manifest, read_track_stats, train_hint
 from models_onnx.signature import (
-    INPUT_NAMES,
+    CANDIDATE_FEATURES,
+    META_CANDIDATE_FEATURES,
     META_CONTEXT,
     META_DIM,
     META_MODEL_VERSION,
     META_SIGNATURE,
-    OUTPUT_NAMES,
+    N_CANDIDATE_FEATURES,
     SIGNATURE,
+    input_names,
     input_shapes,
+    output_names,
 )
+from serving.features import FeatureBuilder
 from streams.errors import ConfigError, ModelError
 from streams.session import CONTEXT_FEATURES
 
@@ -77,8 +83,8 @@ class _Slot:
     binding: ort.IOBinding
     staging: np.ndarray  # host float32 [B * (3D + 8)]
     packed: ort.OrtValue  # device float32 [B * (3D + 8)]
-    candidates: ort.OrtValue  # device float32 [B, K, D]
-    output: ort.OrtValue  # device float32 [B, K]
+    per_candidate: list[ort.OrtValue]  # device: candidates float32 [B, K, D] (v2: and cand_features [B, K, F])
+    outputs: list[ort.OrtValue]  # device float32 [B, K] each
 
 
 class BoundRunner:
@@ -105,7 +111,12 @@ class BoundRunner:
         return list(self._slots)
 
     def run(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
-        """Scores float32 [B, K] for contiguous float32 v1 ``inputs`` in ``INPUT_NAMES`` order, already checked."""
+        """Scores float32 [B, K] (the first output) for contiguous float32 ``inputs``, already checked."""
+        return self.run_all(inputs)[0]
+
+    def run_all(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Outputs float32 [B, K] (in the signature's order) for contiguous float32 ``inputs`` in the
+        signature's input order, already checked."""
         key = (int(inputs[0].shape[0]), int(inputs[4].shape[1]))
         with self._lock:
             slot = self._slots.pop(key, None) or self._slot(inputs)
@@ -118,31 +129,41 @@ class BoundRunner:
                 offset += arr.size
             # update_inplace copies host -> device and waits for the copy (a synchronous cudaMemcpy on CUDA).
             slot.packed.update_inplace(slot.staging)
-            slot.candidates.update_inplace(inputs[4])
+            for value, arr in zip(slot.per_candidate, inputs[4:], strict=True):
+                value.update_inplace(arr)
             self._session.run_with_iobinding(slot.binding)
-            (scores,) = slot.binding.copy_outputs_to_cpu()  # device -> host, float32 [B, K]
-            # On CPU the returned array may share the slot's buffer, which the next call overwrites.
-            return scores.copy() if self.device_type == "cpu" else scores
+            outs = slot.binding.copy_outputs_to_cpu()  # device -> host, float32 [B, K] each
+            # On CPU the returned arrays may share the slot's buffers, which the next call overwrites.
+            return [o.copy() for o in outs] if self.device_type == "cpu" else list(outs)
 
     def _slot(self, inputs: Sequence[np.ndarray]) -> _Slot:
         binding = self._session.io_binding()
         total = sum(arr.size for arr in inputs[:4])
         packed = ort.OrtValue.ortvalue_from_shape_and_type((total,), np.float32, self.device_type, self.device_id)
         offset = 0
-        for name, arr in zip(INPUT_NAMES[:4], inputs[:4], strict=True):
+        wanted = input_names(2) if len(inputs) > 5 else input_names(1)
+        for name, arr in zip(wanted[:4], inputs[:4], strict=True):
             ptr = packed.data_ptr() + offset * np.dtype(np.float32).itemsize
             binding.bind_input(name, self.device_type, self.device_id, np.float32, list(arr.shape), ptr)
             offset += arr.size
-        cands = ort.OrtValue.ortvalue_from_shape_and_type(inputs[4].shape, np.float32, self.device_type, self.device_id)
-        binding.bind_ortvalue_input(INPUT_NAMES[4], cands)
+        per_candidate = []
+        for name, arr in zip(wanted[4:], inputs[4:], strict=True):
+            value = ort.OrtValue.ortvalue_from_shape_and_type(arr.shape, np.float32, self.device_type, self.device_id)
+            binding.bind_ortvalue_input(name, value)
+            per_candidate.append(value)
         shape = (inputs[0].shape[0], inputs[4].shape[1])
-        out = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.device_type, self.device_id)
-        binding.bind_ortvalue_output(OUTPUT_NAMES[0], out)
-        return _Slot(binding, np.empty(total, np.float32), packed, cands, out)
+        outs = []
+        for o in self._session.get_outputs():
+            out = ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.device_type, self.device_id)
+            binding.bind_ortvalue_output(o.name, out)
+            outs.append(out)
+        return _Slot(binding, np.empty(total, np.float32), packed, per_candidate, outs)
 
 
 class OnnxScorer:
-    """Scores candidates for a batch of session states with a v1 model. Use ``OnnxScorer.load``.
+    """Scores candidates for a batch of session states with a v1 or v2 model. Use ``OnnxScorer.load``.
+
+    ``features``: for a v2 model, the builder of its candidate features (from the bundle), else None.
 
     ``io_binding``: None (default) binds inputs and outputs when the provider in use is CUDA and calls
     ``session.run`` otherwise; True or False forces either path (benchmarks, tests).
@@ -155,11 +176,14 @@ class OnnxScorer:
         dim: int,
         requested: list[str],
         io_binding: bool | None = None,
+        signature: int = SIGNATURE,
+        features: FeatureBuilder | None = None,
     ) -> None:
         self._session = session
         self.model_version = model_version
         self.dim = dim
-        self.signature = SIGNATURE
+        self.signature = signature
+        self.features = features
         self.requested_providers = requested
         self.provider: str = session.get_providers()[0]
         on_cuda = self.provider == CUDA
@@ -203,8 +227,10 @@ class OnnxScorer:
             level = logging.WARNING if device == "cuda" else logging.INFO
             log.log(level, "CUDA requested (device=%s) but not usable here; scoring on %s", device, actual)
         dim = int(manifest["dim"])
-        version = validate_session(session, dim, str(manifest["model_version"]), str(path))
-        return OnnxScorer(session, version, dim, requested, io_binding)
+        signature = int(manifest["signature"])
+        version = validate_session(session, dim, str(manifest["model_version"]), str(path), signature)
+        features = FeatureBuilder(read_track_stats(bundle_dir, manifest)) if signature >= 2 else None
+        return OnnxScorer(session, version, dim, requested, io_binding, signature, features)
 
     @property
     def session(self) -> ort.InferenceSession:
@@ -217,23 +243,43 @@ class OnnxScorer:
         taste: np.ndarray,  # [B, D]
         context: np.ndarray,  # [B, 8]
         candidates: np.ndarray,  # [B, K, D]
+        cand_features: np.ndarray | None = None,  # v2: [B, K, F]; None: zeros (no evidence)
     ) -> np.ndarray:  # float32 [B, K]
-        """One ONNX Runtime run (bound on CUDA); ValueError if the shapes do not fit v1 with this ``dim``."""
-        inputs = [
-            np.ascontiguousarray(a, dtype=np.float32) for a in (session_pos, session_neg, taste, context, candidates)
-        ]
+        """One ONNX Runtime run (bound on CUDA); ValueError if the shapes do not fit the signature with this
+        ``dim``. A v1 model ignores ``cand_features``."""
+        return self.score_all(session_pos, session_neg, taste, context, candidates, cand_features)[0]
+
+    def score_all(
+        self,
+        session_pos: np.ndarray,  # [B, D]
+        session_neg: np.ndarray,  # [B, D]
+        taste: np.ndarray,  # [B, D]
+        context: np.ndarray,  # [B, 8]
+        candidates: np.ndarray,  # [B, K, D]
+        cand_features: np.ndarray | None = None,  # v2: [B, K, F]
+    ) -> list[np.ndarray]:  # float32 [B, K] per output: v1 scores; v2 scores, keep
+        """Every output of the model (``models_onnx.signature.output_names``)."""
+        arrays = [session_pos, session_neg, taste, context, candidates]
+        if self.signature >= 2:
+            if cand_features is None:
+                shape = np.shape(candidates)
+                cand_features = np.zeros((*shape[:2], N_CANDIDATE_FEATURES), np.float32)
+            arrays.append(cand_features)
+        inputs = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
         b = inputs[0].shape[0] if inputs[0].ndim == 2 else -1
         k = inputs[4].shape[1] if inputs[4].ndim == 3 else -1
-        for name, arr in zip(INPUT_NAMES, inputs, strict=True):
-            want = tuple(b if ax == "batch" else k if ax == "k" else ax for ax in input_shapes(self.dim)[name])
+        names = input_names(self.signature)
+        shapes = input_shapes(self.dim, self.signature)
+        for name, arr in zip(names, inputs, strict=True):
+            want = tuple(b if ax == "batch" else k if ax == "k" else ax for ax in shapes[name])
             if b < 0 or k < 0 or arr.shape != want:
                 raise ValueError(f"{name} has shape {arr.shape}, expected {want} (batch, k, dim={self.dim})")
+        outputs = output_names(self.signature)
         if b == 0 or k == 0:
-            return np.zeros((b, k), np.float32)
+            return [np.zeros((b, k), np.float32) for _ in outputs]
         if self._runner is not None:
-            return self._runner.run(inputs)
-        (scores,) = self._session.run(list(OUTPUT_NAMES), dict(zip(INPUT_NAMES, inputs, strict=True)))
-        return scores
+            return self._runner.run_all(inputs)
+        return list(self._session.run(list(outputs), dict(zip(names, inputs, strict=True))))
 
 
 def _session(path: Path, opts: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
@@ -246,21 +292,25 @@ def _device_id(session: ort.InferenceSession) -> int:
     return int(session.get_provider_options().get(CUDA, {}).get("device_id", 0))
 
 
-def validate_session(session: ort.InferenceSession, dim: int, model_version: str, where: str) -> str:
-    """Check inputs, outputs and metadata against signature v1 and the manifest; return the model version."""
+def validate_session(
+    session: ort.InferenceSession, dim: int, model_version: str, where: str, signature: int = SIGNATURE
+) -> str:
+    """Check inputs, outputs and metadata against ``signature`` and the manifest; return the model version."""
     meta = session.get_modelmeta().custom_metadata_map
-    if meta.get(META_SIGNATURE) != str(SIGNATURE):
-        raise ModelError(f"{where} has {META_SIGNATURE}={meta.get(META_SIGNATURE)!r}; this code serves {SIGNATURE}")
+    if meta.get(META_SIGNATURE) != str(signature):
+        raise ModelError(f"{where} has {META_SIGNATURE}={meta.get(META_SIGNATURE)!r}; its manifest says {signature}")
+    if signature >= 2 and meta.get(META_CANDIDATE_FEATURES) != ",".join(CANDIDATE_FEATURES):
+        raise ModelError(f"{where} expects candidate features {meta.get(META_CANDIDATE_FEATURES)!r}")
     if meta.get(META_DIM) != str(dim):
         raise ModelError(f"{where} has {META_DIM}={meta.get(META_DIM)!r} but its manifest says dim={dim}")
     if meta.get(META_CONTEXT) != ",".join(CONTEXT_FEATURES):
         raise ModelError(f"{where} expects context features {meta.get(META_CONTEXT)!r}")
     if meta.get(META_MODEL_VERSION) != model_version:
         raise ModelError(f"{where} is model {meta.get(META_MODEL_VERSION)!r} but its manifest says {model_version!r}")
-    expected = input_shapes(dim)
+    expected = input_shapes(dim, signature)
     got = {i.name: i for i in session.get_inputs()}
     if set(got) != set(expected):
-        raise ModelError(f"{where} has inputs {sorted(got)}, signature v1 needs {sorted(expected)}")
+        raise ModelError(f"{where} has inputs {sorted(got)}, signature v{signature} needs {sorted(expected)}")
     for name, shape in expected.items():
         node = got[name]
         ok = node.type == "tensor(float)" and len(node.shape) == len(shape)
@@ -269,8 +319,11 @@ def validate_session(session: ort.InferenceSession, dim: int, model_version: str
             not isinstance(s, int) if isinstance(ax, str) else s == ax for s, ax in zip(node.shape, shape, strict=False)
         )
         if not ok:
-            raise ModelError(f"{where}: input {name} is {node.type} {node.shape}, signature v1 needs float {shape}")
+            raise ModelError(
+                f"{where}: input {name} is {node.type} {node.shape}, signature v{signature} needs float {shape}"
+            )
     outs = session.get_outputs()
-    if [o.name for o in outs] != list(OUTPUT_NAMES) or outs[0].type != "tensor(float)" or len(outs[0].shape) != 2:
-        raise ModelError(f"{where}: outputs must be exactly float scores [batch, k]")
+    names = list(output_names(signature))
+    if [o.name for o in outs] != names or any(o.type != "tensor(float)" or len(o.shape) != 2 for o in outs):
+        raise ModelError(f"{where}: outputs must be exactly float {', '.join(names)} [batch, k]")
     return model_version

@@ -31,7 +31,7 @@ def test_small_evaluation_on_real_data(data_dir: Path, tmp_path: Path) -> None:
 
     out = tmp_path / "report"
     args = ["--data", str(data_dir), "--out", str(out), "--max-users", "12", "--positions", "1000"]
-    args += ["--gru-seconds", "10", "--segue-epochs", "1", "--candidates", "200", "--history", "100"]
+    args += ["--gru-epochs", "0.1", "--segue-epochs", "1", "--candidates", "200", "--history", "100"]
     args += ["--segue-max-train", "20000", "--bootstrap", "100", "--no-progress"]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -162,7 +162,7 @@ def test_test_dir_mode_end_to_end(tmp_path: Path) -> None:
     test = write_dataset(tmp_path / "test", 4, seed=2, prefix="v")
     out = tmp_path / "report"
     args = ["--data", str(data), "--test", str(test), "--out", str(out), "--modes", "users", "--positions", "100"]
-    args += ["--gru-seconds", "2", "--segue-epochs", "1", "--candidates", "30", "--history", "10", "--bootstrap", "50"]
+    args += ["--gru-epochs", "0.2", "--segue-epochs", "1", "--candidates", "30", "--history", "10", "--bootstrap", "50"]
     args += ["--no-progress"]
     assert main(args) == 0
     report = (out / "report.md").read_text()
@@ -182,6 +182,7 @@ def test_test_dir_mode_end_to_end(tmp_path: Path) -> None:
     catalog = Catalog.load(bundle)
     assert scorer.model_version.startswith("real-users-") and len(catalog) == len(set(catalog.track_ids))
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert "not shippable" in manifest["training"]["data"] and "a" in manifest["training"]["skip_calibration"]
+    assert "not shippable" in manifest["training"]["data"] and manifest["signature"] == 2
+    assert scorer.signature == 2 and scorer.features is not None  # the worker's scorer loads it unchanged
     z = np.zeros((1, catalog.dim), np.float32)
     assert scorer.score(z, z, z, np.zeros((1, 8), np.float32), catalog.embeddings[None, :5]).shape == (1, 5)

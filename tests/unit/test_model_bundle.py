@@ -165,7 +165,7 @@ def test_read_manifest_errors(tmp_path: Path) -> None:
     assert read_manifest(out)["model_version"] == "v-1"
     manifest = json.loads((out / "manifest.json").read_text())
     for key, value, message in [
-        ("signature", 2, "signature 2"),
+        ("signature", 3, "signature 3"),
         ("format_version", 9, "format_version 9"),
         ("format", "other", "not a segue model bundle"),
         ("context_features", ["hour"], "context features"),

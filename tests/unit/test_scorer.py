@@ -140,8 +140,11 @@ def test_wrong_model_signature_is_refused(quick_bundle: Path, tmp_path: Path) ->
 def test_wrong_manifest_signature_is_refused(quick_bundle: Path, tmp_path: Path) -> None:
     b = _copy(quick_bundle, tmp_path)
     manifest = json.loads((b / "manifest.json").read_text())
-    (b / "manifest.json").write_text(json.dumps({**manifest, "signature": 2}))
+    (b / "manifest.json").write_text(json.dumps({**manifest, "signature": 3}))
     with pytest.raises(ModelError, match="signature"):
+        OnnxScorer.load(b, device="cpu")
+    (b / "manifest.json").write_text(json.dumps({**manifest, "signature": 2}))  # v2 without its track stats
+    with pytest.raises(ModelError, match="candidate features"):
         OnnxScorer.load(b, device="cpu")
 
 

@@ -1,0 +1,77 @@
+"""What a signature-2 bundle knows of every track (``serving.features.TrackStats``), from training plays.
+
+* Co-occurrence neighbours: tracks played within ``window`` plays of each other in a training session,
+  weighted 1/distance and normalised by sqrt(count_i * count_j) (the item-kNN baseline's score,
+  ``models_onnx.baselines.ItemKNN``), the top ``m`` per track kept, best first;
+* popularity: log1p(training plays) / log1p(max);
+* skip rate: the training skip rate smoothed toward the overall rate (``PRIOR_WEIGHT`` pseudo-plays).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models_onnx.realdata import Fold
+from models_onnx.skips import PRIOR_WEIGHT
+from serving.features import TrackStats
+
+
+def neighbour_table(
+    items: np.ndarray, sessions: np.ndarray, counts: np.ndarray, window: int = 5, m: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
+    """(idx int32 [N, m] with -1 padding, val float32 [N, m]) for plays ``items`` int64 [E] (vocabulary
+    index, all >= 0) in time order with their ``sessions`` int64 [E]; ``counts`` int [N] plays per track."""
+    n = len(counts)
+    a_parts, b_parts, w_parts = [], [], []
+    for d in range(1, window + 1):
+        same = sessions[:-d] == sessions[d:]
+        a, b = items[:-d][same], items[d:][same]
+        keep = a != b
+        a, b = a[keep], b[keep]
+        w = np.full(len(a), 1.0 / d, np.float32)
+        a_parts += [a, b]
+        b_parts += [b, a]
+        w_parts += [w, w]
+    a, b = np.concatenate(a_parts).astype(np.int64), np.concatenate(b_parts).astype(np.int64)
+    key, inv = np.unique(a * n + b, return_inverse=True)
+    val = np.bincount(inv, weights=np.concatenate(w_parts))
+    ra, rb = key // n, key % n
+    cnt = np.maximum(counts.astype(np.float64), 1.0)
+    val = val / np.sqrt(cnt[ra] * cnt[rb])
+    order = np.lexsort((rb, -val, ra))  # by track, best neighbour first, ties by index
+    ra, rb, val = ra[order], rb[order], val[order]
+    starts = np.searchsorted(ra, np.arange(n))
+    rank = np.arange(len(ra)) - starts[ra]
+    keep = rank < m
+    idx = np.full((n, m), -1, np.int32)
+    out = np.zeros((n, m), np.float32)
+    idx[ra[keep], rank[keep]] = rb[keep]
+    out[ra[keep], rank[keep]] = val[keep]
+    return idx, out
+
+
+def skip_rates(fold: Fold, exclude: np.ndarray | None = None) -> np.ndarray:
+    """float64 [N]: each track's training skip rate, smoothed toward the overall rate; without the training
+    rows ``exclude`` (int64 indices) when given."""
+    n = len(fold.vocab)
+    prior = float(fold.train.skip.mean())
+    w = np.ones(len(fold.train))
+    if exclude is not None:
+        w[exclude] = 0.0
+    skips = np.bincount(fold.train_items, weights=w * fold.train.skip, minlength=n)
+    counts = np.bincount(fold.train_items, weights=w, minlength=n)
+    return (skips + PRIOR_WEIGHT * prior) / (counts + PRIOR_WEIGHT)
+
+
+def track_stats(fold: Fold, window: int = 5, m: int = 50) -> TrackStats:
+    """The ``TrackStats`` of ``fold``'s training plays."""
+    counts = fold.vocab.counts
+    idx, val = neighbour_table(fold.train_items, fold.train.session, counts, window, m)
+    logc = np.log1p(counts.astype(np.float64))
+    return TrackStats(
+        neighbour_idx=idx,
+        neighbour_val=val,
+        popularity=(logc / max(float(logc.max()), 1e-9)).astype(np.float32),
+        skip_rate=skip_rates(fold).astype(np.float32),
+        skip_prior=float(fold.train.skip.mean()),
+    )
