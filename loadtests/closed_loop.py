@@ -45,6 +45,7 @@ from loadtests.sim_listener import (
 )
 from serving.catalog import Catalog
 from serving.diversity import Preferences
+from serving.intent import SessionIntent
 from serving.prefs_store import RedisPreferencesStore
 from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
@@ -193,17 +194,16 @@ class InProcessModel:
         self.catalog = Catalog.load(bundle)
         scorer = OnnxScorer.load(bundle, device="cpu")
         retriever = ExactRetriever(self.catalog.embeddings)
-        # As the worker ranks (streams/worker.py build_runtime), and without the session-dependent artist
-        # separation for the recommender that must not see the session.
-        self.rescorer = Rescorer(
-            self.catalog.embeddings,
-            retriever,
-            scorer,
-            n_candidates=n_candidates,
-            n_recs=n_recs,
-            artists=artist_codes(self.catalog.artist_of),
-        )
-        self.context_free = Rescorer(self.catalog.embeddings, retriever, scorer, n_candidates, n_recs)
+        # As the worker ranks (streams/worker.py build_runtime); without the session-dependent stages (artist
+        # separation, session intent) for the recommender that must not see the session, and without one of
+        # them for the in-process ablations.
+        artists = artist_codes(self.catalog.artist_of)
+        intent = SessionIntent(self.catalog.embeddings, self.catalog.genre_of)
+        emb = self.catalog.embeddings
+        self.rescorer = Rescorer(emb, retriever, scorer, n_candidates, n_recs, artists=artists, intent=intent)
+        self.no_intent = Rescorer(emb, retriever, scorer, n_candidates, n_recs, artists=artists)
+        self.no_separation = Rescorer(emb, retriever, scorer, n_candidates, n_recs, intent=intent)
+        self.context_free = Rescorer(emb, retriever, scorer, n_candidates, n_recs)
         self.dyn = Dynamics()
 
     def replay(self, state: SessionState, events: Sequence[dict[str, Any]]) -> SessionState:
@@ -277,13 +277,14 @@ class InProcessSegue:
         users: Sequence[str],
         space: TrackSpace,
         prefs: Preferences | None = None,
-        separation: bool = True,
+        without: str | None = None,
     ) -> None:
         self.model, self.users, self.space, self.prefs = model, list(users), space, prefs
-        # Without artist separation: how much of segue's result its session vectors make on their own.
-        self.rescorer = model.rescorer if separation else model.context_free
-        if not separation:
-            self.name = "segue-no-separation"
+        # Ablations: without artist separation ("separation") or without the session intent ("intent"): what
+        # each stage adds to the session vectors and the model.
+        self.rescorer = {None: model.rescorer, "separation": model.no_separation, "intent": model.no_intent}[without]
+        if without is not None:
+            self.name = f"segue-no-{without}"
         self.states: list[SessionState] = []
 
     async def begin(self, histories: Sequence[Sequence[HistoryEvent]]) -> None:
@@ -611,7 +612,8 @@ async def evaluate(cfg: LoopConfig) -> dict[str, Any]:
             curve.append(r)
     for rec in (
         InProcessSegue(model, users("inproc"), space),
-        InProcessSegue(model, users("nosep"), space, separation=False),
+        InProcessSegue(model, users("nointent"), space, without="intent"),
+        InProcessSegue(model, users("nosep"), space, without="separation"),
         StaticRecommender(model, users("static"), space),
         RandomRecommender(space.n_tracks, cfg.seed),
     ):

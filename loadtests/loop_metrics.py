@@ -72,6 +72,38 @@ def paired_difference(
     return {"difference": float(d.mean()), "lo": lo, "hi": hi}
 
 
+def slope(x: np.ndarray, boot: np.ndarray, start: int = 0, stop: int | None = None) -> dict[str, float]:
+    """The least-squares slope of the rate against the position over positions ``start:stop``, per 10 positions,
+    with its bootstrap CI. It is the mean of the listeners' own slopes (the positions are the same for all), so
+    resampling listeners resamples it; negative: the rate falls as the session goes on."""
+    y = x[:, start:stop]
+    p = np.arange(y.shape[1], dtype=np.float64)
+    if len(p) < 2:
+        return {"per_10": float("nan"), "lo": float("nan"), "hi": float("nan")}
+    w = (p - p.mean()) / ((p - p.mean()) ** 2).sum()  # [P] slope weights
+    per_listener = 10.0 * (y @ w)  # [L]
+    lo, hi = _ci(per_listener[boot].mean(axis=1))
+    return {"per_10": float(per_listener.mean()), "lo": lo, "hi": hi}
+
+
+def trend(x: np.ndarray, boot: np.ndarray, late_from: int) -> dict[str, Any]:
+    """How a rate x [L, P] moves over the session, each figure with a paired bootstrap CI: positions 1-3 minus
+    positions >= ``late_from + 1`` (``first_minus_late``), positions 2..``late_from`` minus the same late ones
+    (``early_minus_late``; position 1 is served the list made at the end of the listener's previous session),
+    and the slope over all positions and from position 2 (``slope``, ``slope_from_2``)."""
+    return {
+        "first_minus_late": paired_difference(x, boot, (0, 3), (late_from, None)),
+        "early_minus_late": paired_difference(x, boot, (1, late_from), (late_from, None)),
+        "slope": slope(x, boot),
+        "slope_from_2": slope(x, boot, 1),
+        "windows": {
+            "1": float(x[:, :1].mean()),
+            f"2-{late_from}": float(x[:, 1:late_from].mean()),
+            f"{late_from + 1}-{x.shape[1]}": float(x[:, late_from:].mean()),
+        },
+    }
+
+
 def list_quality(
     lists: Sequence[Sequence[np.ndarray]], embeddings: np.ndarray, popularity: np.ndarray, n_tracks: int
 ) -> dict[str, float]:
@@ -133,6 +165,9 @@ def headline(arms: Mapping[str, Sequence[Sequence[str]]], boot: np.ndarray, late
         out["segue_vs_random"] = relative_reduction(skip["segue"], skip["random"], boot, late_from)
     if "segue" in skip:
         out["segue_trend"] = paired_difference(skip["segue"], boot, (0, 3), (late_from, None))
+    out["trends"] = {name: trend(x, boot, late_from) for name, x in skip.items()}
+    if "segue" in skip and "static" in skip:  # segue's slope against the listeners' own drift, paired
+        out["segue_minus_static_slope"] = slope(skip["segue"] - skip["static"], boot)
     return out
 
 

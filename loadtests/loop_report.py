@@ -18,6 +18,7 @@ PLOTS = ("skip_like_by_position.png", "tradeoff.png")
 ARM_STYLE = {
     "segue": ("segue (live stack)", "tab:blue"),
     "segue-inprocess": ("segue rule + model in-process", "tab:cyan"),
+    "segue-no-intent": ("segue in-process, no session intent", "tab:green"),
     "segue-no-separation": ("segue in-process, no artist separation", "tab:purple"),
     "static": ("static (no session context)", "tab:orange"),
     "random": ("random", "tab:gray"),
@@ -87,6 +88,47 @@ def plot_tradeoff(out: Path, r: dict[str, Any]) -> None:
     plt.close(fig)
 
 
+def _diff(d: dict[str, float], key: str = "difference") -> str:
+    return f"{100 * d[key]:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+
+
+def trend_lines(h: dict[str, Any], late: int) -> list[str]:
+    """The by-position trend of every recommender's skip rate (``loop_metrics.trend``), as a table."""
+    trends = h.get("trends") or {}
+    if not trends:
+        return []
+    first = next(iter(trends.values()))["windows"]
+    names = list(first)
+    lines = [
+        "",
+        "### Skip rate over the session",
+        "",
+        "Differences in points, paired over the same listeners, 95% CI; slopes in points per 10 positions "
+        "(least squares over positions; negative: falling). Position 1 is served the list made at the end of the "
+        "listener's previous session.",
+        "",
+        f"| recommender | pos. {names[0]} | pos. {names[1]} | pos. {names[2]} | 1-3 minus {names[2]} | "
+        f"{names[1]} minus {names[2]} | slope | slope from pos. 2 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, t in trends.items():
+        w = t["windows"]
+        lines.append(
+            f"| {ARM_STYLE.get(name, (name,))[0]} | {_pct(w[names[0]])} | {_pct(w[names[1]])} | {_pct(w[names[2]])} | "
+            f"{_diff(t['first_minus_late'])} | {_diff(t['early_minus_late'])} | {_diff(t['slope'], 'per_10')} | "
+            f"{_diff(t['slope_from_2'], 'per_10')} |"
+        )
+    d = h.get("segue_minus_static_slope")
+    if d:
+        lines += [
+            "",
+            f"Slope of segue's skip rate minus static's (per listener and position, paired): {_diff(d, 'per_10')} "
+            "points per 10 positions: how segue moves against the drift its listeners bring (static hears the same "
+            "moods).",
+        ]
+    return lines
+
+
 def markdown(r: dict[str, Any]) -> str:
     c, h = r["config"], r["headline"]
     late = c["late_from"]
@@ -116,6 +158,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"(95% CI {_pct(tr['lo'])} .. {_pct(tr['hi'])}): "
             f"{'falls' if h['target']['skip_falls_over_session'] else 'does not fall significantly'} over the session.",
         ]
+    lines += trend_lines(h, late)
     lines += [
         "",
         f"The listeners' own picks in their earlier sessions (the history segue learns the long-term taste from) "

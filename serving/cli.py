@@ -15,6 +15,7 @@ from serving.candidates import CandidateSource
 from serving.catalog import Catalog
 from serving.editorial_api import editorial_from
 from serving.explain import REASON_CODES, Explainer
+from serving.intent import SessionIntent
 from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
 from serving.scorer import OnnxScorer
@@ -52,6 +53,7 @@ def build_api(settings: ApiSettings) -> FastAPI:
         if settings.scoring.explain
         else None,
         artists=artist_codes(catalog.artist_of),
+        intent=SessionIntent(catalog.embeddings, catalog.genre_of),
     )
     producer = EventProducer.connect(settings.kafka, topic=settings.topics.events) if settings.ingest else None
     # Lists the API ranks on demand are stored compactly too (recommendations v2, docs/state.md).

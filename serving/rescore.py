@@ -16,6 +16,7 @@ from serving.candidates import CandidateSource
 from serving.diversity import Preferences, rerank, seed_for
 from serving.explain import KIND_EXPLORED, KIND_PINNED, KIND_RANKED, POPULAR, SESSION_FIT, Explainer, Explanations
 from serving.explain import Scorer as Scores
+from serving.intent import SessionIntent
 from serving.retrieval import Retriever
 from serving.rules import ActiveRules, place_pins
 from serving.separation import demote_recent_artists
@@ -36,7 +37,8 @@ class Scorer(Scores, Protocol):
 class Ranking:
     """Ranked track indices (best first) and their scores for one user. ``fallback``: not model-scored.
 
-    ``scores`` are the model's plus any editorial boost; ``reasons``: why each track is there, when explained.
+    ``scores``: the ranking's scores (the model's plus the session-intent term, any artist-separation offset and
+    editorial boost; ``serving.intent``); ``reasons``: why each track is there (from the model's own scores).
     """
 
     indices: np.ndarray
@@ -58,8 +60,12 @@ class Rescorer:
         candidates: CandidateSource | None = None,
         explainer: Explainer | None = None,
         artists: np.ndarray | None = None,
+        intent: SessionIntent | None = None,
     ) -> None:
         self._explainer = explainer
+        # Which genre the session is in now (``serving.intent``): its most likely genre's tracks join the
+        # candidates and the log-belief of each candidate's genre joins the ranking score. None: not used.
+        self._intent = intent
         # int [N] artist code per track (``serving.separation.artist_codes``): the session's recent artists are
         # ranked after the other candidates. None: no artist separation.
         self._artists = artists
@@ -99,6 +105,9 @@ class Rescorer:
             pinned = np.asarray([i for _, i in rules.pins], dtype=idx.dtype)
             idx = np.concatenate([idx, np.broadcast_to(pinned, (len(states), len(pinned)))], axis=1)
             sims = np.concatenate([sims, np.zeros((len(states), len(pinned)), sims.dtype)], axis=1)
+        bias = None
+        if self._intent is not None:
+            idx, sims, bias = self._intent.extend(states, queries, idx, sims)
         try:
             ctx, cands = context_matrix(states, now_ms), self._items[idx]
             builder = getattr(self._scorer, "features", None)  # a signature-2 model: per-candidate evidence
@@ -110,9 +119,10 @@ class Rescorer:
         except Exception:  # noqa: BLE001 - a model failure must not stop recommendations
             log.exception("session model failed; ranking by retrieval similarity instead")
             scores, fallback = sims, True
+        order = scores if bias is None else scores + bias
         if self._artists is not None:
-            scores = demote_recent_artists(states, idx, scores, self._artists)
-        return self._select(states, now_ms, idx, scores, fallback, prefs, rules, users, sources)
+            order = demote_recent_artists(states, idx, order, self._artists)
+        return self._select(states, now_ms, idx, order, fallback, prefs, rules, users, sources, model=scores)
 
     def rank_fallback(self, states: Sequence[SessionState], rules: ActiveRules | None = None) -> list[Ranking]:
         """The cheap ranking: retrieval similarity only, no model call (editorial blocks and pins still hold)."""
@@ -146,17 +156,21 @@ class Rescorer:
         rules: ActiveRules | None,
         users: Sequence[str] | None,
         sources: Sequence[SessionState] | None = None,
+        model: np.ndarray | None = None,  # float32 [B, K] the model's own scores, when ``scores`` add more
     ) -> list[Ranking]:
-        """The top ``n_recs`` per user: blocks and boosts, then the knob (MMR, exploratory picks), then pins."""
+        """The top ``n_recs`` per user by ``scores``: blocks and boosts, then the knob (MMR, exploratory picks),
+        then pins. Explanations work on ``model`` (default ``scores``)."""
+        model = scores if model is None else model
         n = self.n_recs
         plain = (rules is None or rules.empty) and (prefs is None or all(p.neutral for p in prefs))
         if plain:  # the plain score order, vectorised: exactly the ranking without rules and knob
             order = np.argsort(-scores, axis=1, kind="stable")[:, : min(n, idx.shape[1])]  # [B, n]
             ranked_idx = np.take_along_axis(idx, order, axis=1)
             ranked_scores = np.take_along_axis(scores, order, axis=1)
+            ranked_model = ranked_scores if model is scores else np.take_along_axis(model, order, axis=1)
             picks = [ranked_idx[b] for b in range(len(states))]
             finals = [ranked_scores[b] for b in range(len(states))]
-            base = finals
+            base = [ranked_model[b] for b in range(len(states))]
             boosts = [np.zeros(len(p), np.float32) for p in picks]
             kinds = [np.full(len(p), KIND_RANKED, np.int8) for p in picks]
         else:
@@ -164,7 +178,7 @@ class Rescorer:
             for b, state in enumerate(states):
                 pref = prefs[b] if prefs is not None else Preferences()
                 user = users[b] if users is not None else state.session_id
-                p, f, m, bo, k = self._select_one(state, now_ms[b], idx[b], scores[b], pref, rules, user)
+                p, f, m, bo, k = self._select_one(state, now_ms[b], idx[b], scores[b], pref, rules, user, model[b])
                 picks.append(p)
                 finals.append(f)
                 base.append(m)
@@ -191,8 +205,10 @@ class Rescorer:
         pref: Preferences,
         rules: ActiveRules | None,
         user: str,
+        own: np.ndarray | None = None,  # float32 [K] the model's own scores (default ``model``)
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(track indices, final scores, model scores, boosts, kinds) of one user's list."""
+        """(track indices, final scores, model scores, boosts, kinds) of one user's list; ``model`` orders it."""
+        own = model if own is None else own
         boost = rules.boost[cand] if rules is not None else np.zeros(len(cand), np.float32)
         adjusted = (model + boost).astype(np.float32)
         pins = rules.pins if rules is not None else ()
@@ -213,7 +229,7 @@ class Rescorer:
         return (
             np.asarray(tracks, dtype=np.int64),
             (model[cols] + boost[cols]).astype(np.float32),
-            model[cols].astype(np.float32),
+            own[cols].astype(np.float32),
             boost[cols].astype(np.float32),
             kinds,
         )

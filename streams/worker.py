@@ -19,6 +19,7 @@ from serving.candidates import CandidateSource
 from serving.catalog import Catalog
 from serving.explain import REASON_CODES, Explainer
 from serving.faults import SlowScorer
+from serving.intent import SessionIntent
 from serving.prefs_store import RedisPreferencesStore
 from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
@@ -79,6 +80,7 @@ def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None =
         if scoring.explain
         else None,
         artists=artist_codes(catalog.artist_of),
+        intent=SessionIntent(catalog.embeddings, catalog.genre_of),
     )
     codec = RecsCodec(catalog.track_ids, catalog.model_version, REASON_CODES)
     store = RedisStore.connect(settings.redis, metrics, codec)

@@ -48,7 +48,14 @@ def test_closed_loop_smoke_run_is_complete_and_segue_reacts(
     for name in ("results.json", "report.md", *PLOTS):
         assert (cfg.out / name).stat().st_size > 0, name
     stored = json.loads((cfg.out / "results.json").read_text())
-    assert set(stored["arms"]) == {"segue", "segue-inprocess", "segue-no-separation", "static", "random"}
+    assert set(stored["arms"]) == {
+        "segue",
+        "segue-inprocess",
+        "segue-no-intent",
+        "segue-no-separation",
+        "static",
+        "random",
+    }
     for arm in stored["arms"].values():
         for key in ("skip_by_position", "like_by_position"):
             assert len(arm[key]["mean"]) == POSITIONS and len(arm[key]["lo"]) == POSITIONS

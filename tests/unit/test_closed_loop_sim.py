@@ -183,3 +183,26 @@ def test_list_quality_and_reaction():
     assert r["skipped_relisted"] == 1.0 and r["skips"] == 1
     # after the skip: top 2 {0, 2} against {1} (the previous top 2 less the skipped 0): 2 new; after the play: 1
     assert r["turnover_after_skip"] == 2.0 and r["turnover_after_play"] == 1.0
+
+
+def test_trend_windows_and_slopes():
+    # 20 listeners, 6 positions: a falling rate (1, 1, 0.5, 0.5, 0, 0 over listeners) and a flat one
+    falling = [["skip", "skip", "skip", "play", "play", "play"]] * 10 + [
+        ["skip", "skip", "play", "skip", "play", "play"]
+    ] * 10
+    flat = [["skip", "play"] * 3] * 20
+    boot = lm.bootstrap_indices(20, 400, 3)
+    x = lm.indicator(falling, "skip")
+    t = lm.trend(x, boot, 4)
+    assert t["windows"] == {"1": 1.0, "2-4": pytest.approx(2 / 3), "5-6": 0.0}
+    assert t["first_minus_late"]["difference"] == pytest.approx(2.5 / 3)
+    assert t["early_minus_late"]["difference"] == pytest.approx(2 / 3)
+    # least squares over positions 0..5 of the mean rate (1, 1, .5, .5, 0, 0): -0.2286 per position
+    assert t["slope"]["per_10"] == pytest.approx(-2.2857, abs=1e-3) and t["slope"]["hi"] < 0
+    assert t["slope_from_2"]["per_10"] == pytest.approx(10 * np.polyfit(np.arange(5), x[:, 1:].mean(0), 1)[0])
+    f = lm.trend(lm.indicator(flat, "skip"), boot, 4)
+    assert f["first_minus_late"]["lo"] == f["first_minus_late"]["hi"]  # the same for every listener: no spread
+    assert f["slope"]["per_10"] == pytest.approx(10 * np.polyfit(np.arange(6), [1, 0] * 3, 1)[0])
+    head = lm.headline({"segue": falling, "static": flat}, boot, 4)
+    assert set(head["trends"]) == {"segue", "static"}
+    assert head["segue_minus_static_slope"]["per_10"] == pytest.approx(t["slope"]["per_10"] - f["slope"]["per_10"])

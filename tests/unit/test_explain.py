@@ -25,10 +25,12 @@ from serving.explain import (
     render,
     with_text,
 )
+from serving.intent import SessionIntent
 from serving.rescore import Rescorer, to_record
 from serving.retrieval import ExactRetriever
 from serving.rules import Rule, compile_rules
 from serving.scorer import OnnxScorer
+from serving.separation import artist_codes
 from streams.records import Like, Play, Reason, Skip, decode_recommendations, encode_record
 from streams.session import Dynamics, SessionState, apply_event, context_features
 
@@ -149,12 +151,21 @@ def _score(scorer, state, track, items, now):
     )
 
 
-def test_the_cited_event_lowers_the_score_when_removed(model):
+@pytest.mark.parametrize("stages", [False, True], ids=["model-order", "session-stages"])
+def test_the_cited_event_lowers_the_score_when_removed(model, stages):
     """For 300 users and every recommended track whose reason cites an event: replaying the session through
-    ``apply_event`` without that event lowers the track's model score."""
+    ``apply_event`` without that event lowers the track's model score. Also when the order is not the model's
+    alone (artist separation and the session intent, as the worker ranks): reasons still explain the model."""
     catalog, scorer = model
     items = catalog.embeddings
-    rescorer = Rescorer(items, ExactRetriever(items), scorer, explainer=Explainer(scorer, items, DYN, events=4))
+    extra = {"artists": artist_codes(catalog.artist_of), "intent": SessionIntent(items, catalog.genre_of)}
+    rescorer = Rescorer(
+        items,
+        ExactRetriever(items),
+        scorer,
+        explainer=Explainer(scorer, items, DYN, events=4),
+        **(extra if stages else {}),
+    )
     rng = np.random.default_rng(42)
     sessions = [_session(rng, f"u{u}", len(catalog), int(rng.integers(1, 12))) for u in range(300)]
     sessions = [
@@ -164,6 +175,10 @@ def test_the_cited_event_lowers_the_score_when_removed(model):
     states = [_replay(ev, tr, items) for ev, tr in sessions]
     now = T0 + 3_600_000
     rankings = rescorer.rank(states, [now] * len(states))
+    if stages:  # not vacuous: the stages reorder most lists
+        plain = Rescorer(items, ExactRetriever(items), scorer).rank(states, [now] * len(states))
+        moved = sum(not np.array_equal(a.indices, b.indices) for a, b in zip(rankings, plain, strict=True))
+        assert moved > len(states) // 2, moved
     checked = {c: 0 for c in REASON_CODES}
     for (events, tracks), state, ranking in zip(sessions, states, rankings, strict=True):
         ex = ranking.reasons
