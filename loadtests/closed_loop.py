@@ -106,6 +106,7 @@ class Seat:
     kinds: list[str] = field(default_factory=list)
     shown: list[np.ndarray] = field(default_factory=list)
     served: list[np.ndarray] = field(default_factory=list)  # the recommender's full ranking at each position
+    foci: list[int] = field(default_factory=list)  # the hidden mood's focus genre at each position (diagnosis)
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,12 @@ def history(
             ts += r.played_ms + TRACK_GAP_MS
             mood.drift(space, listener, rng, p)
     return out
+
+
+def known_genres(space: TrackSpace, events: Sequence[HistoryEvent], min_kept: int = 3) -> set[int]:
+    """The genres a listener's history shows: at least ``min_kept`` tracks of it played or liked."""
+    kept = np.bincount([space.genre[h.track] for h in events if h.reaction.kind != "skip"], minlength=space.n_genres)
+    return {int(g) for g in np.flatnonzero(kept >= min_kept)}
 
 
 def seats(
@@ -426,6 +433,7 @@ class ArmResult:
     tracks: list[list[int]]  # per listener, per position: the track played
     served: list[list[np.ndarray]]  # per listener, per position: the ranking read before choosing
     shown: list[list[np.ndarray]]  # per listener, per position: the top-k list shown
+    foci: list[list[int]]  # per listener, per position: the listener's focus genre when it heard the track
     exhausted: int  # positions where no listed track was unheard (a random unheard track was played)
     wall_s: float
     extra: dict[str, Any] = field(default_factory=dict)
@@ -467,6 +475,7 @@ async def run_arm(
             else:
                 exhausted += 1
                 track = int(s.choice_rng.choice(np.setdiff1d(np.arange(space.n_tracks), list(heard))))
+            s.foci.append(s.mood.focus)
             r = react(space, s.listener, s.mood, track, s.react_rng, p)
             s.heard.append(track)
             s.kinds.append(r.kind)
@@ -483,6 +492,7 @@ async def run_arm(
         tracks=[s.heard for s in chairs],
         served=[s.served for s in chairs],
         shown=[s.shown for s in chairs],
+        foci=[s.foci for s in chairs],
         exhausted=exhausted,
         wall_s=time.perf_counter() - started,
     )
@@ -622,6 +632,8 @@ async def evaluate(cfg: LoopConfig) -> dict[str, Any]:
         )
     kinds = [h.reaction.kind for hs in histories for h in hs]
     live_info["history"] = {k: kinds.count(k) / max(len(kinds), 1) for k in ("skip", "like", "play")}
+    live_info["known_genres"] = [known_genres(space, h) for h in histories]
+    live_info["genre"] = space.genre
     return summarise(cfg, p, model.catalog, arms, curve, live_info)
 
 
@@ -644,6 +656,7 @@ def summarise(
             "exhausted": r.exhausted,
             "wall_s": r.wall_s,
             "reaction": lm.reaction(r.kinds, r.tracks, r.served, cfg.list_k),
+            "mood": lm.mood_breakdown(r.kinds, r.tracks, r.foci, live_info["genre"], live_info["known_genres"], late),
         }
     head = lm.headline({n: r.kinds for n, r in arms.items()}, boot, late)
     vs = head.get("segue_vs_static", {})
@@ -677,7 +690,7 @@ def summarise(
         "simulator": asdict(p),
         "arms": out_arms,
         "headline": head,
-        "live": {k: v for k, v in live_info.items() if k != "history"},
+        "live": {k: v for k, v in live_info.items() if k not in ("history", "known_genres", "genre")},
         "history": live_info.get("history", {}),
         "curve": points,
         "curve_on": cfg.curve_on,

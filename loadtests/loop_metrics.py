@@ -171,6 +171,57 @@ def headline(arms: Mapping[str, Sequence[Sequence[str]]], boot: np.ndarray, late
     return out
 
 
+def mood_breakdown(
+    kinds: Sequence[Sequence[str]],
+    tracks: Sequence[Sequence[int]],
+    foci: Sequence[Sequence[int]],
+    genre: np.ndarray,
+    known: Sequence[set[int]],
+    late_from: int,
+) -> dict[str, Any]:
+    """Where the skips come from, by the simulated listener's hidden mood (a diagnosis; no recommender sees it).
+
+    ``foci[l][p]``: listener l's focus genre when it heard position p; ``genre`` int [N] per track; ``known[l]``:
+    the genres listener l's history shows (``closed_loop.known_genres``). Per window (positions before
+    ``late_from`` and from it on): the share of positions whose focus is no longer the session's first
+    (``switched``), the share of picks in the focus genre (``in_focus``), and the skip rate of positions whose
+    focus genre the history does not show (``skip_focus_unknown``, with its share ``focus_unknown``); overall
+    the skip rate of picks in and off the focus genre, and by positions since the focus last changed
+    (``since_switch``: "0" is the first track after the change; "never": not changed since position 1)."""
+    skip = indicator(kinds, "skip")  # [L, P]
+    f = np.asarray(foci, dtype=np.int64)
+    g = genre[np.asarray(tracks, dtype=np.int64)]
+    switched = f != f[:, :1]
+    in_focus = g == f
+    unknown = np.array([[int(x) not in k for x in row] for row, k in zip(f, known, strict=True)], dtype=bool)
+    since = np.full(f.shape, -1, np.int64)  # positions since the last change, -1: never changed
+    for p in range(1, f.shape[1]):
+        changed = f[:, p] != f[:, p - 1]
+        since[:, p] = np.where(changed, 0, np.where(since[:, p - 1] >= 0, since[:, p - 1] + 1, -1))
+
+    def rate(mask: np.ndarray, sl: Any = np.s_[:, :]) -> dict[str, float]:
+        n = int(mask.sum())
+        return {"skip": float(skip[sl][mask].mean()) if n else float("nan"), "n": n}
+
+    windows = {f"1-{late_from}": (0, late_from), f"{late_from + 1}-{f.shape[1]}": (late_from, f.shape[1])}
+    out: dict[str, Any] = {"windows": {}}
+    for name, (a, b) in windows.items():
+        sl = np.s_[:, a:b]
+        out["windows"][name] = {
+            "switched": float(switched[sl].mean()),
+            "in_focus": float(in_focus[sl].mean()),
+            "focus_unknown": float(unknown[sl].mean()),
+            "skip_focus_unknown": rate(unknown[sl], sl)["skip"],
+            "skip_focus_known": rate(~unknown[sl], sl)["skip"],
+        }
+    out["in_focus"] = rate(in_focus)
+    out["off_focus"] = rate(~in_focus)
+    out["since_switch"] = {"never": rate(since < 0)} | {
+        (f"{k}" if k < 5 else "5+"): rate(since == k if k < 5 else since >= 5) for k in range(6)
+    }
+    return out
+
+
 def reaction(
     kinds: Sequence[Sequence[str]], tracks: Sequence[Sequence[int]], served: Sequence[Sequence[np.ndarray]], k: int
 ) -> dict[str, float]:

@@ -129,6 +129,48 @@ def trend_lines(h: dict[str, Any], late: int) -> list[str]:
     return lines
 
 
+def mood_lines(r: dict[str, Any]) -> list[str]:
+    """The diagnosis by the listeners' hidden moods (``loop_metrics.mood_breakdown``), as two tables."""
+    arms = {n: a["mood"] for n, a in r["arms"].items() if "mood" in a}
+    if not arms:
+        return []
+    early, late = list(next(iter(arms.values()))["windows"])
+    lines = [
+        "## Where the skips come from (diagnosis by the hidden moods)",
+        "",
+        "The simulator knows each listener's focus genre at every position (no recommender sees it). The moods are "
+        "the same whichever recommender is heard: the focus has moved away from the session's first one at "
+        + ", ".join(
+            f"{_pct(w['switched'])} of positions {name}" for name, w in next(iter(arms.values()))["windows"].items()
+        )
+        + ". 'Unknown' genre: one the listener's history does not show (fewer than 3 tracks of it kept).",
+        "",
+        f"| recommender | pick in the focus genre, {early} / {late} | skip in focus / off focus | "
+        f"focus genre unknown, {late}: share, skip | focus genre known, {late}: skip |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in arms.items():
+        e, w = m["windows"][early], m["windows"][late]
+        lines.append(
+            f"| {ARM_STYLE.get(name, (name,))[0]} | {_pct(e['in_focus'])} / {_pct(w['in_focus'])} | "
+            f"{_pct(m['in_focus']['skip'])} / {_pct(m['off_focus']['skip'])} | {_pct(w['focus_unknown'])}, "
+            f"{_pct(w['skip_focus_unknown'])} | {_pct(w['skip_focus_known'])} |"
+        )
+    keys = list(next(iter(arms.values()))["since_switch"])
+    lines += [
+        "",
+        "Skip rate by positions since the listener's focus genre last changed (0: the first track after the "
+        "change; never: the session's first focus), with the number of positions:",
+        "",
+        "| recommender | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for name, m in arms.items():
+        cells = [f"{_pct(m['since_switch'][k]['skip'])} ({m['since_switch'][k]['n']})" for k in keys]
+        lines.append(f"| {ARM_STYLE.get(name, (name,))[0]} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def markdown(r: dict[str, Any]) -> str:
     c, h = r["config"], r["headline"]
     late = c["late_from"]
@@ -205,6 +247,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"fallback (unscored) lists: {_pct(lv['fallback_share'])} of {lv['lists_read']} read.",
             "",
         ]
+    lines += mood_lines(r)
     if r["curve"]:
         lines += [
             "## Exploration / diversity trade-off",

@@ -206,3 +206,20 @@ def test_trend_windows_and_slopes():
     head = lm.headline({"segue": falling, "static": flat}, boot, 4)
     assert set(head["trends"]) == {"segue", "static"}
     assert head["segue_minus_static_slope"]["per_10"] == pytest.approx(t["slope"]["per_10"] - f["slope"]["per_10"])
+
+
+def test_mood_breakdown_splits_skips_by_the_hidden_focus():
+    genre = np.array([0, 0, 1, 1, 2, 2])  # track -> genre
+    # listener 0: focus 0 throughout, its last pick (track 4, genre 2) off focus; listener 1: focus 1, then 2 from
+    # position 3 on, its third pick (genre 1) off focus
+    kinds = [["play", "play", "play", "skip"], ["play", "skip", "skip", "play"]]
+    tracks = [[0, 1, 0, 4], [2, 3, 2, 5]]
+    foci = [[0, 0, 0, 0], [1, 1, 2, 2]]
+    m = lm.mood_breakdown(kinds, tracks, foci, genre, [{0}, {1}], late_from=2)
+    assert m["windows"]["1-2"]["switched"] == 0.0 and m["windows"]["3-4"]["switched"] == 0.5
+    assert m["windows"]["3-4"]["in_focus"] == 0.5
+    assert m["windows"]["3-4"]["focus_unknown"] == 0.5 and m["windows"]["3-4"]["skip_focus_unknown"] == 0.5
+    assert m["windows"]["3-4"]["skip_focus_known"] == 0.5
+    assert m["in_focus"] == {"skip": pytest.approx(1 / 6), "n": 6} and m["off_focus"] == {"skip": 1.0, "n": 2}
+    assert m["since_switch"]["0"] == {"skip": 1.0, "n": 1} and m["since_switch"]["1"] == {"skip": 0.0, "n": 1}
+    assert m["since_switch"]["never"]["n"] == 6 and m["since_switch"]["5+"]["n"] == 0
