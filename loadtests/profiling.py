@@ -18,7 +18,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("retrieval (matmul, exclusion, argpartition)", ("ExactRetriever.search",)),
     ("rescoring glue (query vectors, context, stacking, sort)", ("Rescorer.rank", "Rescorer.rank_fallback")),
     ("building recommendation records", ("to_record",)),
-    ("session rule (apply_event)", ("apply_event", "streams/session.py")),
+    ("session rule (fold_events, apply_event)", ("streams/session_batch.py", "apply_event", "streams/session.py")),
     ("state codec (msgpack)", ("state_codec.py",)),
     ("event decode/validate + record encode (msgspec JSON)", ("decode_event", "encode_record", "records.py")),
     ("Redis client (redis-py asyncio)", ("redis/",)),

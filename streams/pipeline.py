@@ -35,7 +35,8 @@ from streams.records import (
     decode_message,
     event_type,
 )
-from streams.session import Dynamics, SessionState, apply_event, stream_position
+from streams.session import Dynamics, SessionState, stream_position
+from streams.session_batch import fold_events
 from streams.stores import Store
 
 
@@ -156,8 +157,19 @@ class Processor:
             updates: dict[str, SessionState] = {}
             expected: dict[str, int | None] = {}
             outcomes: dict[str, list[tuple[str, int | None]]] = {}
-            for user, state in zip(pending, before, strict=True):
-                current, outcomes[user] = self._apply(state, per_user[user])
+            empty = SessionState.empty(self._catalog.dim)
+            starts = [state if state is not None else empty for state in before]
+            folded, applied = fold_events(
+                starts,
+                [[(e, i, m.partition, p) for e, i, m, p in per_user[user]] for user in pending],
+                self._catalog.embeddings,
+                self._dyn,
+            )  # every user's events at once, exactly as apply_event one by one
+            for user, state, current, flags in zip(pending, before, folded, applied, strict=True):
+                outcomes[user] = [
+                    (event_type(event), msg.timestamp_ms if ok else None)
+                    for (event, _, msg, _), ok in zip(per_user[user], flags, strict=True)
+                ]
                 if state is None or current is not state:
                     updates[user], expected[user] = current, (state.version if state is not None else None)
                 else:
@@ -182,17 +194,6 @@ class Processor:
             if not pending:
                 return final
         raise RetryableError(f"the state of {len(pending)} users kept changing under this worker (a rebalance?)")
-
-    def _apply(self, state: SessionState | None, events: Pending) -> tuple[SessionState, list[tuple[str, int | None]]]:
-        """Fold a user's events into their state; per event (type, broker ms) if applied, (type, None) if not."""
-        current = state if state is not None else SessionState.empty(self._catalog.dim)
-        items = self._catalog.embeddings
-        outcomes: list[tuple[str, int | None]] = []
-        for event, index, msg, position in events:
-            after = apply_event(current, event, index, items[index], self._dyn, msg.partition, position)
-            outcomes.append((event_type(event), None if after is current else msg.timestamp_ms))
-            current = after
-        return current, outcomes
 
     async def _rank(
         self, final: dict[str, SessionState], per_user: dict[str, Pending]
