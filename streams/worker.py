@@ -21,7 +21,7 @@ from serving.explain import REASON_CODES, Explainer
 from serving.faults import SlowScorer
 from serving.intent import SessionIntent
 from serving.prefs_store import RedisPreferencesStore
-from serving.rescore import Rescorer
+from serving.rescore import Rescorer, Scorer
 from serving.retrieval import ExactRetriever
 from serving.rules_store import RedisRulesStore, RulesCache
 from serving.scorer import OnnxScorer
@@ -57,19 +57,11 @@ def dynamics_from(settings: WorkerSettings) -> Dynamics:
     return Dynamics(gap_ms=int(s.gap_s * 1000), recent_max=s.recent_tracks, dedup_max=s.dedup_ids)
 
 
-def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None = None) -> Runtime:
-    """Load the model bundle and connect the store; raise a ``SegueError`` that says what to fix."""
-    metrics = Metrics.create(registry)
-    catalog = Catalog.load(settings.scoring.model_dir)
-    scorer = OnnxScorer.load(
-        settings.scoring.model_dir,
-        device=settings.scoring.device,
-        intra_op_threads=settings.scoring.intra_op_threads,
-    )
-    metrics.model_info.labels(scorer.model_version, scorer.provider).set(1)
+def build_rescorer(settings: WorkerSettings, catalog: Catalog, model: Scorer) -> Rescorer:
+    """The worker's ranking step for ``model`` (retrieval, candidates, explanations, separation, intent), as
+    the settings ask; also what ``loadtests/batch_cost.py`` measures."""
     scoring = settings.scoring
-    model = SlowScorer(scorer, scoring.inject_delay_ms / 1000) if scoring.inject_delay_ms > 0 else scorer
-    rescorer = Rescorer(
+    return Rescorer(
         catalog.embeddings,
         ExactRetriever(catalog.embeddings),
         model,
@@ -82,6 +74,21 @@ def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None =
         artists=artist_codes(catalog.artist_of),
         intent=SessionIntent(catalog.embeddings, catalog.genre_of),
     )
+
+
+def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None = None) -> Runtime:
+    """Load the model bundle and connect the store; raise a ``SegueError`` that says what to fix."""
+    metrics = Metrics.create(registry)
+    catalog = Catalog.load(settings.scoring.model_dir)
+    scorer = OnnxScorer.load(
+        settings.scoring.model_dir,
+        device=settings.scoring.device,
+        intra_op_threads=settings.scoring.intra_op_threads,
+    )
+    metrics.model_info.labels(scorer.model_version, scorer.provider).set(1)
+    scoring = settings.scoring
+    model = SlowScorer(scorer, scoring.inject_delay_ms / 1000) if scoring.inject_delay_ms > 0 else scorer
+    rescorer = build_rescorer(settings, catalog, model)
     codec = RecsCodec(catalog.track_ids, catalog.model_version, REASON_CODES)
     store = RedisStore.connect(settings.redis, metrics, codec)
     processor = Processor(
