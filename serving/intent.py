@@ -9,13 +9,14 @@ vectors follow late or not at all. ``SessionIntent`` follows it as a belief over
 * **prior** (``prior``): the long-term taste decomposed into genres: non-negative least squares of the taste
   vector on the genres' mean embeddings (``taste ~ sum_g w_g centroid_g``, ``w >= 0``), so that every genre the
   taste still holds, also a faded one from older sessions, gets its share; plus ``floor`` for every genre.
-* **session** (``belief``): a two-outcome hidden-state filter over the session's events, oldest first. The
-  listener is in one genre at a time; a track of that genre is kept (played or liked) with probability
-  ``1 - skip_in``, a track of another genre is skipped with probability ``skip_out``. After every event the
-  belief relaxes toward the prior by ``switch`` (the chance that the mood moved on). So one skip after a run
-  of plays is not yet a switch but two are, a play in another genre of the taste then takes over, a skipped
-  genre stays contradicted until the prior brings it back, and when the session has contradicted every genre
-  the taste knows, the others (at ``floor``) come next: exploration toward genres the session has not tried.
+* **session** (``belief``): a two-outcome hidden-state filter over the session's events, oldest first. The listener
+  is in one genre at a time; a track of that genre is kept (played or liked) with probability ``1 - skip_in``, a
+  track of another genre is skipped with probability ``skip_out``; a like is explicit, so a like in another genre
+  is ``like_out`` times as likely as one in the current genre (one like moves the session). After every event the
+  belief relaxes toward the prior by ``switch`` (the chance that the mood moved on). So one skip after a run of
+  plays is not yet a switch but two are, a play in another genre of the taste then takes over, a skipped genre
+  stays contradicted until the prior brings it back, and when the session has contradicted every genre the taste
+  knows, the others (at ``floor``) come next: exploration toward genres the session has not tried.
 * **ranking** (``bias``): ``weight * log belief(genre of the candidate)`` is added to the model's score for
   the order (the model still decides within a genre; explanations keep citing the model's own score), and
   ``candidates`` adds the most likely genre's tracks nearest to the query, which retrieval may not reach.
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streams.session import SKIPPED, SessionState
+from streams.session import LIKED, SKIPPED, SessionState
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class IntentParams:
 
     skip_in: float = 0.1  # P(skip | the track is in the session's current genre)
     skip_out: float = 0.85  # P(skip | the track is in another genre)
+    # A like is explicit: P(like | another genre) relative to a like in the current genre. Small, so that one like
+    # in a new genre moves the session there (every like must change what comes next).
+    like_out: float = 0.001
     switch: float = 0.06  # per event: how far the belief relaxes toward the long-term prior
     floor: float = 0.01  # prior mass every genre keeps (before normalising)
     weight: float = 3.0  # the log-belief's weight in the ranking score
@@ -98,21 +102,23 @@ class SessionIntent:
         width = int(lengths.max()) if len(states) else 0
         genre = np.full((len(states), width), -1, np.int64)  # [B, W] right-aligned, -1 where no event
         skipped = np.zeros((len(states), width), bool)
+        liked = np.zeros((len(states), width), bool)
         if width:
             filled = np.arange(width)[None, :] >= (width - lengths)[:, None]  # [B, W]
             tracks = np.fromiter((t for s in states for t in s.recent), np.int64, int(lengths.sum()))
             outcomes = np.fromiter((o for s in states for o in s.outcomes[-len(s.recent) :]), np.int64, len(tracks))
             genre[filled] = self.genre[tracks]
             skipped[filled] = outcomes == SKIPPED
+            liked[filled] = outcomes == LIKED
         belief = prior.copy()
         cols = np.arange(self.n_genres)
         for j in range(width):
-            g, sk = genre[:, j], skipped[:, j]
+            g, sk, lk = genre[:, j], skipped[:, j], liked[:, j]
             present = g >= 0
             if not present.any():
                 continue
             inside = np.where(sk, p.skip_in, 1.0 - p.skip_in)[:, None]  # [B, 1]
-            outside = np.where(sk, p.skip_out, 1.0 - p.skip_out)[:, None]
+            outside = np.where(sk, p.skip_out, np.where(lk, p.like_out * (1.0 - p.skip_in), 1.0 - p.skip_out))[:, None]
             post = belief * np.where(cols[None, :] == g[:, None], inside, outside)
             post /= post.sum(axis=1, keepdims=True)
             post = (1.0 - p.switch) * post + p.switch * prior

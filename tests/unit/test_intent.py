@@ -178,3 +178,12 @@ def test_the_rescorer_orders_by_intent_and_keeps_the_model_scores_for_explanatio
     with_intent._explainer = _Spy()  # noqa: SLF001 - the explainer's inputs are what this test checks
     with_intent.rank([state], [state.last_ts_ms])
     assert np.allclose(seen[0], model, atol=1e-4)
+
+
+def test_one_like_in_another_genre_moves_the_session_one_play_does_not():
+    intent = SessionIntent(ITEMS, GENRE_OF)
+    run = [("play", "a")] * 5
+    liked = intent.belief([_session([*run, ("like", "c")])])[0]
+    played = intent.belief([_session([*run, ("play", "c")])])[0]
+    assert liked.argmax() == GENRES.index("c")  # an explicit like: the session follows it at once
+    assert played.argmax() == GENRES.index("a")  # one play elsewhere after a run is not yet a switch
