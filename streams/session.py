@@ -120,6 +120,24 @@ def _play_strength(event: Play) -> float:
     return float(min(1.0, event.played_ms / SKIP_PROXY_MS))
 
 
+def opens_session(events: int, last_ts_ms: int, session_id: str, event: Event, dyn: Dynamics) -> bool:
+    """True if ``event`` starts a new session for a state with ``events`` applied in its current session, its last
+    event at ``last_ts_ms`` and id ``session_id``: the first event, a gap over ``dyn.gap_ms``, or another named
+    session."""
+    if events == 0 or (event.ts_ms - last_ts_ms) > dyn.gap_ms:
+        return True
+    return event.session_id is not None and session_id != "" and event.session_id != session_id
+
+
+def event_weights(event: Event, outcome: int, dyn: Dynamics) -> tuple[float, float]:
+    """(weight, taste rate) of an event: a skip adds ``skip_weight`` x item to ``neg`` and leaves the taste; a
+    play or like adds its weight x item to ``pos`` and moves the taste by the rate."""
+    if outcome == SKIPPED:
+        return dyn.skip_weight, 0.0
+    weight = dyn.like_weight if outcome == LIKED else dyn.play_weight * _play_strength(event)  # type: ignore[arg-type]
+    return weight, dyn.taste_rate * (2.0 if outcome == LIKED else weight)
+
+
 def apply_event(
     state: SessionState,
     event: Event,
@@ -141,10 +159,7 @@ def apply_event(
     if digest in state.seen_ids:
         return state
 
-    new_session = state.events == 0 or (event.ts_ms - state.last_ts_ms) > dyn.gap_ms
-    new_session = new_session or (
-        event.session_id is not None and state.session_id != "" and event.session_id != state.session_id
-    )
+    new_session = opens_session(state.events, state.last_ts_ms, state.session_id, event, dyn)
     if new_session:
         pos = np.zeros_like(state.pos)
         neg = np.zeros_like(state.neg)
@@ -162,15 +177,14 @@ def apply_event(
     outcome = outcome_of(event)
     item = item.astype(np.float32, copy=False)
     taste = state.taste
+    weight, rate = event_weights(event, outcome, dyn)
     if outcome == SKIPPED:
-        neg = _half(dyn.decay * neg + dyn.skip_weight * item)
+        neg = _half(dyn.decay * neg + weight * item)
         pos = _half(dyn.decay * pos)
         skips += 1
     else:
-        weight = dyn.like_weight if outcome == LIKED else dyn.play_weight * _play_strength(event)  # type: ignore[arg-type]
         pos = _half(dyn.decay * pos + weight * item)
         neg = _half(dyn.decay * neg)
-        rate = dyn.taste_rate * (2.0 if outcome == LIKED else weight)
         taste = _half((1.0 - rate) * taste + rate * item)
         if outcome == LIKED:
             likes += 1

@@ -22,8 +22,9 @@ from streams.session import (
     SKIPPED,
     Dynamics,
     SessionState,
-    _play_strength,
+    event_weights,
     id_digest,
+    opens_session,
     outcome_of,
 )
 
@@ -90,10 +91,7 @@ def _step(
     digest = id_digest(event.event_id)
     if digest in f.seen:
         return None
-    new_session = f.events == 0 or (event.ts_ms - f.last_ts) > dyn.gap_ms
-    new_session = new_session or (
-        event.session_id is not None and f.session_id != "" and event.session_id != f.session_id
-    )
+    new_session = opens_session(f.events, f.last_ts, f.session_id, event, dyn)
     if new_session:
         f.plays = f.skips = f.likes = f.events = 0
         f.recent, f.outcomes = [], []
@@ -103,16 +101,13 @@ def _step(
     else:
         f.last_ts = max(f.last_ts, event.ts_ms)
     outcome = outcome_of(event)
+    weight, rate = event_weights(event, outcome, dyn)
     if outcome == SKIPPED:
-        weight, rate = dyn.skip_weight, 0.0
         f.skips += 1
+    elif outcome == LIKED:
+        f.likes += 1
     else:
-        weight = dyn.like_weight if outcome == LIKED else dyn.play_weight * _play_strength(event)  # type: ignore[arg-type]
-        rate = dyn.taste_rate * (2.0 if outcome == LIKED else weight)
-        if outcome == LIKED:
-            f.likes += 1
-        else:
-            f.plays += 1
+        f.plays += 1
     f.recent.append(track)
     f.outcomes.append(outcome)
     del f.recent[: -dyn.recent_max], f.outcomes[: -dyn.recent_max]
