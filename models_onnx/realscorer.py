@@ -93,6 +93,21 @@ class RealScorer(nn.Module):
         if positions is None:  # serving: the candidates arrive in CandidateSource order
             positions = torch.arange(candidates.shape[1], dtype=candidates.dtype).unsqueeze(0)
         place = (torch.log1p(positions.to(candidates.dtype)) / LOG_LIST).expand(candidates.shape[:2])  # [B, K]
+        columns, meta, meta_taste, user, bilinear = self._match(session_pos, session_neg, taste, context, candidates)
+        pair = torch.cat([columns, place.unsqueeze(-1), meta, meta_taste], dim=-1)  # [B, K, 8 + 2M]
+        return self._heads_out(pair, user, bilinear)
+
+    def _match(
+        self,
+        session_pos: torch.Tensor,  # [B, D]
+        session_neg: torch.Tensor,  # [B, D]
+        taste: torch.Tensor,  # [B, D]
+        context: torch.Tensor,  # [B, C]
+        candidates: torch.Tensor,  # [B, K, D]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The embedding match both signatures share: per-candidate columns [B, K, 7] (3 cosines, 3 raw dots,
+        bilinear), the candidates' descriptive coordinates [B, K, M] and those times the taste's [B, K, M], the
+        user input [B, C + 3 + M], and the bilinear score [B, K]."""
         pos_u, pos_n = _unit(session_pos)
         neg_u, neg_n = _unit(session_neg)
         taste_u, taste_n = _unit(taste)
@@ -101,10 +116,14 @@ class RealScorer(nn.Module):
         dots = [(candidates * v.unsqueeze(1)).sum(-1) for v in (pos_u, neg_u, taste_u, session_pos, session_neg, taste)]
         cand_meta = candidates[..., -N_META:]  # [B, K, M]
         taste_meta = taste_u[:, -N_META:]  # [B, M]
-        pair = torch.cat(
-            [torch.stack([*dots, bilinear, place], dim=-1), cand_meta, cand_meta * taste_meta.unsqueeze(1)], dim=-1
-        )  # [B, K, 8 + 2M]
         user = torch.cat([context, torch.log1p(pos_n), torch.log1p(neg_n), torch.log1p(taste_n), taste_meta], dim=-1)
+        columns = torch.stack([*dots, bilinear], dim=-1)
+        return columns, cand_meta, cand_meta * taste_meta.unsqueeze(1), user, bilinear
+
+    def _heads_out(
+        self, pair: torch.Tensor, user: torch.Tensor, bilinear: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(next, keep) logits [B, K] from the pair input [B, K, P] and the user input [B, U]."""
         out = self.head(self.pair(pair) + self.user(user).unsqueeze(1))  # [B, K, 2]
         return self.scale * bilinear + out[..., 0], out[..., 1]
 
@@ -151,21 +170,9 @@ class FeatureScorer(RealScorer):
         candidates: torch.Tensor,  # [B, K, D]
         cand_features: torch.Tensor,  # [B, K, F]
     ) -> tuple[torch.Tensor, torch.Tensor]:  # next [B, K], keep logit [B, K]
-        pos_u, pos_n = _unit(session_pos)
-        neg_u, neg_n = _unit(session_neg)
-        taste_u, taste_n = _unit(taste)
-        q = self.q_pos(pos_u) + self.q_neg(neg_u) + self.q_taste(taste_u)  # [B, D]
-        bilinear = (candidates * q.unsqueeze(1)).sum(-1)  # [B, K]
-        dots = [(candidates * v.unsqueeze(1)).sum(-1) for v in (pos_u, neg_u, taste_u, session_pos, session_neg, taste)]
-        cand_meta = candidates[..., -N_META:]  # [B, K, M]
-        taste_meta = taste_u[:, -N_META:]  # [B, M]
-        pair = torch.cat(
-            [torch.stack([*dots, bilinear], dim=-1), cand_meta, cand_meta * taste_meta.unsqueeze(1), cand_features],
-            dim=-1,
-        )  # [B, K, 7 + 2M + F]
-        user = torch.cat([context, torch.log1p(pos_n), torch.log1p(neg_n), torch.log1p(taste_n), taste_meta], dim=-1)
-        out = self.head(self.pair(pair) + self.user(user).unsqueeze(1))  # [B, K, 2]
-        return self.scale * bilinear + out[..., 0], out[..., 1]
+        columns, meta, meta_taste, user, bilinear = self._match(session_pos, session_neg, taste, context, candidates)
+        pair = torch.cat([columns, meta, meta_taste, cand_features], dim=-1)  # [B, K, 7 + 2M + F]
+        return self._heads_out(pair, user, bilinear)
 
     def forward(  # type: ignore[override]
         self,
