@@ -31,7 +31,7 @@ from streams.metrics import Metrics
 from streams.pipeline import Incoming, Processor, now_ms
 from streams.settings import WorkerSettings
 from streams.stores import MemoryStore
-from streams.worker import build_rescorer, dynamics_from
+from streams.worker import build_rescorer, dynamics_from, limit_blas_threads
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.model_copy(
             update={"scoring": settings.scoring.model_copy(update={"model_dir": args.model_dir})}
         )
+    limit_blas_threads(settings.scoring.blas_threads)  # as the worker runs
     model_dir = settings.scoring.model_dir
     catalog = Catalog.load(model_dir)
     scorer = OnnxScorer.load(model_dir, device="cpu", intra_op_threads=settings.scoring.intra_op_threads)
@@ -113,7 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         batches = messages(events, size, now_ms())
         rows.append(measure(processor, batches, size, warmup=max(1, len(batches) // 20), progress=sys.stderr.isatty()))
     explain = settings.scoring.explain
-    print(f"model {catalog.model_version}, {args.events} events of {args.users} users, explanations {explain}")
+    print(
+        f"model {catalog.model_version}, {args.events} events of {args.users} users, explanations {explain}, "
+        f"BLAS threads {settings.scoring.blas_threads or 'as the environment says'}"
+    )
     print("| events per batch | events per CPU-s | CPU ms per ranked user | CPU ms per batch | events per ranking |")
     print("|---:|---:|---:|---:|---:|")
     for c in rows:

@@ -146,7 +146,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
             "load_before": load_before,
             "load_after": [round(x, 2) for x in os.getloadavg()],
             "onnxruntime_device": ort.get_device(),
-            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default (one per core)"),
+            # The worker caps its own pool (SEGUE_SCORING__BLAS_THREADS, default 1); --blas-threads sets the env.
+            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")
+            or os.environ.get("SEGUE_SCORING__BLAS_THREADS", "1"),
             "ort_available": ort.get_available_providers(),
         },  # fmt: skip
         "source": {

@@ -99,6 +99,11 @@ class ScoringSettings(BaseModel):
     # Fault drills only: sleep this long in every model call (0 in production).
     inject_delay_ms: float = Field(0.0, ge=0)
     intra_op_threads: int = Field(1, ge=1)
+    blas_threads: int = Field(
+        1,
+        ge=0,
+        description="numpy's BLAS threads in the worker (retrieval, explanations); 0: as the environment says",
+    )
     explain: bool = Field(
         True, description="give every recommendation a reason from the score's contributions (docs/explanations.md)"
     )

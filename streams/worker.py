@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import faust
 from prometheus_client import CollectorRegistry, start_http_server
+from threadpoolctl import threadpool_limits
 
 from serving.bias import session_bias
 from serving.candidates import CandidateSource
@@ -57,6 +58,15 @@ def dynamics_from(settings: WorkerSettings) -> Dynamics:
     return Dynamics(gap_ms=int(s.gap_s * 1000), recent_max=s.recent_tracks, dedup_max=s.dedup_ids)
 
 
+def limit_blas_threads(threads: int) -> None:
+    """Cap numpy's BLAS thread pool for this process (``0``: leave it as the environment set it).
+
+    The worker's matrix products are small (a few hundred users at a time); a pool of one thread per core
+    spins between them and cost 2.1x the CPU per event in ``loadtests/batch_cost.py`` on two cores."""
+    if threads > 0:
+        threadpool_limits(limits=threads, user_api="blas")
+
+
 def build_rescorer(settings: WorkerSettings, catalog: Catalog, model: Scorer) -> Rescorer:
     """The worker's ranking step for ``model`` (retrieval, candidates, explanations, separation, intent), as
     the settings ask; also what ``loadtests/batch_cost.py`` measures."""
@@ -78,6 +88,7 @@ def build_rescorer(settings: WorkerSettings, catalog: Catalog, model: Scorer) ->
 
 def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None = None) -> Runtime:
     """Load the model bundle and connect the store; raise a ``SegueError`` that says what to fix."""
+    limit_blas_threads(settings.scoring.blas_threads)
     metrics = Metrics.create(registry)
     catalog = Catalog.load(settings.scoring.model_dir)
     scorer = OnnxScorer.load(
