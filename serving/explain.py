@@ -27,7 +27,7 @@ from typing import Final, Protocol
 
 import numpy as np
 
-from streams.records import Reason
+from streams.records import Reason, rounded
 from streams.session import LIKED, PLAYED, SKIPPED, Dynamics, SessionState, context_matrix
 
 SIMILAR_TO_LIKED: Final = "similar_to_liked"
@@ -119,10 +119,9 @@ class Explanations:
 
     def reasons(self, track_ids: Sequence[str]) -> list[Reason]:
         codes, cited = self.codes.tolist(), self.cited.tolist()  # plain Python numbers: faster per item
-        contribution = np.asarray(self.contribution, dtype=np.float32).tolist()  # float32, as stored
-        return [
-            Reason(REASON_CODES[c], track_ids[t] if t >= 0 else "", round(x, 4))
-            for c, t, x in zip(codes, cited, contribution, strict=True)
+        return [  # contributions rounded as float32, as stored
+            Reason(REASON_CODES[c], track_ids[t] if t >= 0 else "", x)
+            for c, t, x in zip(codes, cited, rounded(self.contribution, 4), strict=True)
         ]
 
 

@@ -14,13 +14,22 @@ import numpy as np
 
 from serving.candidates import CandidateSource
 from serving.diversity import Preferences, rerank, seed_for
-from serving.explain import KIND_EXPLORED, KIND_PINNED, KIND_RANKED, POPULAR, SESSION_FIT, Explainer, Explanations
+from serving.explain import (
+    KIND_EXPLORED,
+    KIND_PINNED,
+    KIND_RANKED,
+    POPULAR,
+    REASON_CODES,
+    SESSION_FIT,
+    Explainer,
+    Explanations,
+)
 from serving.explain import Scorer as Scores
 from serving.intent import SessionIntent
 from serving.retrieval import Retriever
 from serving.rules import ActiveRules, place_pins
 from serving.separation import demote_recent_artists
-from streams.records import Recommendations, RecommendedTrack
+from streams.records import Reason, Recommendations, RecommendedTrack, rounded
 from streams.session import SessionState, context_matrix, query_vector, query_vectors
 
 log = logging.getLogger(__name__)
@@ -248,13 +257,21 @@ def to_record(
     event_ms: int = 0,
 ) -> Recommendations:
     """A ``Recommendations`` record for one user's ranking."""
-    reasons = ranking.reasons.reasons(track_ids) if ranking.reasons is not None else [None] * len(ranking.indices)
-    items = [  # plain Python numbers first: numpy scalars are slow to convert one by one
-        RecommendedTrack(track_id=track_ids[i], score=round(s, 5), rank=r + 1, reason=why)
-        for r, (i, s, why) in enumerate(
-            zip(ranking.indices.tolist(), np.asarray(ranking.scores, np.float32).tolist(), reasons, strict=True)
-        )
-    ]
+    tracks = [track_ids[i] for i in ranking.indices.tolist()]
+    scores = rounded(ranking.scores, 5)
+    why = ranking.reasons
+    if why is None:
+        ranks = range(1, len(tracks) + 1)
+        items = [RecommendedTrack(t, s, r, None) for r, t, s in zip(ranks, tracks, scores, strict=True)]
+    else:  # plain Python values and positional fields: this runs for every ranked user
+        cited = [track_ids[t] if t >= 0 else "" for t in why.cited.tolist()]
+        codes = [REASON_CODES[c] for c in why.codes.tolist()]
+        items = [
+            RecommendedTrack(t, s, r, Reason(c, ct, x))
+            for r, t, s, c, ct, x in zip(
+                range(1, len(tracks) + 1), tracks, scores, codes, cited, rounded(why.contribution, 4), strict=True
+            )
+        ]
     return Recommendations(
         user_id=user_id,
         items=items,

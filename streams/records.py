@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Final, Literal
 
 import msgspec
+import numpy as np
 
 from streams.errors import InvalidEvent
 
@@ -52,14 +53,16 @@ REASONS: Final = (
 )
 
 
-class Context(msgspec.Struct, frozen=True):
+# Records made per event or per ranked track are ``gc=False`` (msgspec): they hold only scalars, strings and
+# other such records, so they cannot form reference cycles, and the cyclic collector need not track them.
+class Context(msgspec.Struct, frozen=True, gc=False):
     """Where the event happened: the player's device class and what started the track."""
 
     device: Label | None = None
     source: Label | None = None
 
 
-class _EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+class _EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
     # Unknown fields are ignored (tolerant reader): producers may add fields without breaking v1 workers.
     v: Literal[1] = 1
     event_id: EventId
@@ -177,7 +180,7 @@ RECOMMENDATIONS_VERSION: Final = 1
 DEAD_LETTER_VERSION: Final = 1
 
 
-class Reason(msgspec.Struct, frozen=True, omit_defaults=True):
+class Reason(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """Why a track was recommended (docs/explanations.md): a ``code`` (``serving.explain.REASON_CODES``),
     the cited track (the liked, played or skipped one; "" for none), its contribution to the score, and the
     sentence (``text``), which is rendered when the list is read and left out of what is stored."""
@@ -188,7 +191,7 @@ class Reason(msgspec.Struct, frozen=True, omit_defaults=True):
     text: str = ""
 
 
-class RecommendedTrack(msgspec.Struct, frozen=True, omit_defaults=True):
+class RecommendedTrack(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """One ranked track: its id, the model's score, its 1-based rank and, optionally, why (``reason``).
 
     ``reason`` is an optional v1 field: absent when the list carries no explanations; v1 readers that do
@@ -242,6 +245,16 @@ DEAD_LETTER_VALUE_MAX: Final = 2048
 
 _recs_decoder = msgspec.json.Decoder(Recommendations)
 _dead_decoder = msgspec.json.Decoder(DeadLetter)
+
+
+def rounded(values: object, digits: int) -> list[float]:
+    """``[round(float(v), digits) for v in values]`` for float32 values, as one array operation.
+
+    Exact, not approximate: a float32 times 10**digits (digits <= 5) fits a double's mantissa, so ``rint``
+    rounds the exact value half to even as ``round`` does, and the division returns the double nearest the
+    decimal, as ``round`` does. About 3x cheaper than ``round`` per value (it formats and parses decimals)."""
+    scale = 10.0**digits
+    return (np.rint(np.asarray(values, np.float32).astype(np.float64) * scale) / scale).tolist()
 
 
 def encode_record(record: Recommendations | DeadLetter) -> bytes:

@@ -20,7 +20,7 @@ import msgspec
 import numpy as np
 
 from streams.errors import StateFormatError
-from streams.records import Reason, Recommendations, RecommendedTrack, decode_recommendations, encode_record
+from streams.records import Reason, Recommendations, RecommendedTrack, decode_recommendations, encode_record, rounded
 
 RECS_FORMAT: Final = 2
 
@@ -117,18 +117,18 @@ class RecsCodec:
         if self._ids is None or r.model_version != self._model_version:
             return None
         idx = np.frombuffer(r.indices, dtype="<u4" if r.wide else "<u2").tolist()
-        scores = np.frombuffer(r.scores, dtype="<f4").tolist()
+        scores = rounded(np.frombuffer(r.scores, dtype="<f4"), 5)
         codes = list(r.reason_codes)
         width = "<u4" if r.wide else "<u2"
         none = 0xFFFFFFFF if r.wide else 0xFFFF
         cited = np.frombuffer(r.cited, dtype=width).tolist()
-        contrib = np.frombuffer(r.contributions, dtype="<f4").tolist()
+        contrib = rounded(np.frombuffer(r.contributions, dtype="<f4"), 4)
         items = [
             RecommendedTrack(
                 track_id=self._ids[i],
-                score=round(s, 5),
+                score=s,
                 rank=rank + 1,
-                reason=Reason(self._codes[c - 1], self._ids[t] if t != none else "", round(x, 4)) if c else None,
+                reason=Reason(self._codes[c - 1], self._ids[t] if t != none else "", x) if c else None,
             )
             for rank, (i, s, c, t, x) in enumerate(zip(idx, scores, codes, cited, contrib, strict=True))
         ]

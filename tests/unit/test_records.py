@@ -1,7 +1,10 @@
 import json
 
 import msgspec
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.errors import InvalidEvent
 from streams.records import (
@@ -16,6 +19,7 @@ from streams.records import (
     encode_event,
     encode_record,
     event_type,
+    rounded,
 )
 
 BASE = {"event_id": "e-1", "user_id": "u-1", "track_id": "trk-1", "ts_ms": 1_700_000_000_000}
@@ -106,3 +110,20 @@ def test_batch_messages_decode_event_by_event():
     ):
         (only,) = decode_message(raw)
         assert isinstance(only[1], InvalidEvent) and only[1].reason == reason, raw[:20] if raw else raw
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6), max_size=30),
+    st.sampled_from([4, 5]),
+)
+def test_rounded_is_round_for_float32_values(values: list[float], digits: int) -> None:
+    got = rounded(np.asarray(values, np.float32), digits)
+    assert got == [round(v, digits) for v in values]
+    assert [repr(g) for g in got] == [repr(round(v, digits)) for v in values]  # the same JSON text
+
+
+def test_rounded_ties_go_to_even_as_round_does() -> None:
+    ties = np.asarray([0.5, 1.5, 2.5, -0.5, 0.125, 0.375], np.float32)  # exact binary halves at 2 digits: 0.125
+    assert rounded(ties / 1e4, 4) == [round(float(v), 4) for v in (ties / 1e4).astype(np.float32)]
+    assert rounded(np.asarray([0.125, 0.375, 2.5e-05], np.float32), 2) == [0.12, 0.38, 0.0]
