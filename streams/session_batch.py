@@ -12,7 +12,7 @@ wave. ``tests/unit/test_session_batch.py`` checks the result against ``apply_eve
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -66,9 +66,9 @@ class _Fold:
         self.applied = 0
 
 
-@dataclass(frozen=True)
-class _Step:
-    """What one applied event does to the vectors: row, item, outcome, weights, and whether it opens a session."""
+class _Step(NamedTuple):
+    """What one applied event does to the vectors: row, item, outcome, weights, and whether it opens a session.
+    (A tuple: one is made per event, and a frozen dataclass costs several times as much to build.)"""
 
     row: int
     track: int
@@ -163,13 +163,14 @@ def _wave(
     steps: list[_Step], pos: np.ndarray, neg: np.ndarray, taste: np.ndarray, items: np.ndarray, decay: np.float32
 ) -> None:
     """One event per user of ``steps``, applied in place to rows of pos, neg, taste float32 [U, D]."""
-    rows = np.fromiter((s.row for s in steps), np.int64, len(steps))
-    item = items[np.fromiter((s.track for s in steps), np.int64, len(steps))].astype(np.float32, copy=False)
-    skip = np.fromiter((s.outcome == SKIPPED for s in steps), bool, len(steps))[:, None]
-    fresh = np.fromiter((s.new_session for s in steps), bool, len(steps))[:, None]
+    row, track, outcome, weight_, rate_, new_session = zip(*steps, strict=True)  # columns of the wave
+    rows = np.asarray(row, np.int64)
+    item = items[np.asarray(track, np.int64)].astype(np.float32, copy=False)
+    skip = (np.asarray(outcome) == SKIPPED)[:, None]
+    fresh = np.asarray(new_session, bool)[:, None]
     # The rule's scalars are Python floats multiplied into float32 vectors, i.e. cast to float32 first.
-    weight = np.fromiter((s.weight for s in steps), np.float64, len(steps)).astype(np.float32)[:, None]
-    rate = np.fromiter((s.rate for s in steps), np.float64, len(steps))
+    weight = np.asarray(weight_, np.float64).astype(np.float32)[:, None]
+    rate = np.asarray(rate_, np.float64)
     keep = (1.0 - rate).astype(np.float32)[:, None]
     rate32 = rate.astype(np.float32)[:, None]
     p = np.where(fresh, np.float32(0.0), pos[rows])
