@@ -9,6 +9,7 @@ is left to the caller (the Faust agent), which also measures event -> recommenda
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -210,9 +211,17 @@ class Processor:
         started = time.perf_counter()
         rankings = None
         if self._model_call is None or self._model_call.done():  # at most one model call in flight
+            abandoned = threading.Event()
             self._model_call = asyncio.get_running_loop().run_in_executor(
                 self._model_thread,
-                partial(self._rank_in_chunks, prefs=prefs, rules=rules, users=users, sources=[final[u] for u in users]),
+                partial(
+                    self._rank_in_chunks,
+                    prefs=prefs,
+                    rules=rules,
+                    users=users,
+                    sources=[final[u] for u in users],
+                    abandoned=abandoned,
+                ),
                 states,
                 [s.last_ts_ms for s in states],
             )
@@ -221,7 +230,7 @@ class Processor:
             try:
                 rankings = await asyncio.wait_for(asyncio.shield(self._model_call), timeout=timeout)
             except TimeoutError:
-                pass
+                abandoned.set()  # its result is not used: stop after the chunk in progress, freeing the CPU
         if rankings is None:  # the model overran its slot (now or in an earlier batch): the cheap ranking
             self._metrics.budget_misses.labels("rescore").inc()
             rankings = self._rescorer.rank_fallback(states, rules)
@@ -257,11 +266,16 @@ class Processor:
         rules: ActiveRules | None,
         users: list[str],
         sources: list[SessionState] | None = None,
+        abandoned: threading.Event | None = None,
     ) -> list[Ranking]:
         """``Rescorer.rank`` over ``model_batch`` users at a time (bounded tensors, and a timeout that scales
-        with the number of calls rather than with one call's size)."""
+        with the number of calls rather than with one call's size). Once ``abandoned`` is set (the batch
+        overran its slot and was ranked the cheap way) the remaining chunks are not ranked: the result, then
+        shorter than ``states``, is discarded."""
         out: list[Ranking] = []
         for i in range(0, len(states), self._model_batch):
+            if abandoned is not None and abandoned.is_set():
+                break
             j = i + self._model_batch
             part_prefs = prefs[i:j] if prefs is not None else None
             part_sources = sources[i:j] if sources is not None else None  # the states before the session bias

@@ -116,6 +116,28 @@ def test_a_model_slower_than_its_slot_falls_back_and_counts_a_miss(quick_bundle,
     assert metrics.registry.get_sample_value("segue_recommendations_total", {"kind": "fallback"}) == 3
 
 
+def test_an_abandoned_model_call_stops_after_the_chunk_in_progress(quick_bundle, world):
+    from serving.faults import SlowScorer
+
+    class Counting(SlowScorer):
+        calls = 0
+
+        def score(self, *args):
+            type(self).calls += 1
+            return super().score(*args)
+
+    catalog = Catalog.load(quick_bundle)
+    scorer = OnnxScorer.load(quick_bundle, device="cpu")
+    slow = Rescorer(catalog.embeddings, ExactRetriever(catalog.embeddings), Counting(scorer, 0.1), 100, 10)
+    metrics = Metrics.create(CollectorRegistry())
+    # one user per model call, 6 users: six 0.1 s calls if every chunk ran, against a 0.02 s slot per call
+    proc = Processor(catalog, slow, MemoryStore(), metrics, scorer.provider, rescore_timeout_s=0.02, model_batch=1)
+    out = asyncio.run(proc.process(messages(world, n_users=6, per_user=1)))
+    assert len(out.recommendations) == 6 and all(r.fallback for r in out.recommendations)
+    proc._model_thread.shutdown(wait=True)  # the abandoned call runs to its end in the model thread
+    assert 1 <= Counting.calls <= 2  # the chunk in progress when the slot ran out (and at most one more)
+
+
 def as_batches(msgs, per_message=5):
     """The same events packed into batch messages (JSON arrays) of one partition, as a gateway would."""
     out = []
