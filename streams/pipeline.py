@@ -116,8 +116,9 @@ class Processor:
     async def process(self, batch: Sequence[Incoming]) -> BatchOutcome:
         """Apply one micro-batch; raise ``RetryableError`` (nothing half-done is visible) if a store fails."""
         out = BatchOutcome()
-        self._metrics.batch_size.observe(len(batch))
         per_user = self._validate(batch, out)
+        # events, not messages: a message may carry a batch of events
+        self._metrics.batch_size.observe(sum(len(p) for p in per_user.values()) + len(out.dead_letters))
         if not per_user:
             return out
         final = await self._apply_all(per_user, out)
