@@ -43,6 +43,11 @@ def _lat(x: Any, hist: bool) -> str:
     return _f(x, 1)
 
 
+def _per_list(w: dict) -> float:
+    lists = (w.get("recs_model") or 0) + (w.get("recs_fallback") or 0)
+    return w["events"] / lists if lists and w.get("events") else math.nan
+
+
 def _lat_row(name: str, q: dict[str, Any], hist: bool = False) -> str:
     cells = " | ".join(_lat(q.get(k), hist) for k in ("p50", "p95", "p99", "p99_9"))
     return f"| {name} | {cells} | {_f(q.get('count'), 0)} |"
@@ -137,7 +142,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"at the end {_f(w['lag_end'], 0)}. Recommendation records read: {w['recs_records']:,}.",
         f"Micro-batches: {_f(w.get('batches'), 0)}, mean {_f(w.get('mean_batch_events'), 1)} events. Lists ranked by "
         f"the model {_f(w.get('recs_model'), 0)}, by retrieval only (model call over its timeout) "
-        f"{_f(w.get('recs_fallback'), 0)} ({_f(100 * (w.get('fallback_share') or 0.0), 1)}%).",
+        f"{_f(w.get('recs_fallback'), 0)} ({_f(100 * (w.get('fallback_share') or 0.0), 1)}%); "
+        f"{_f(_per_list(w), 2)} events per list (a user's events of one micro-batch make one ranking).",
         "",
         "## Processes (during the worker phase)",
         "",
