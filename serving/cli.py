@@ -17,7 +17,7 @@ from serving.editorial_api import editorial_from
 from serving.explain import REASON_CODES, Explainer
 from serving.intent import SessionIntent
 from serving.rescore import Rescorer
-from serving.retrieval import ExactRetriever
+from serving.retrieval import make_retriever
 from serving.scorer import OnnxScorer
 from serving.separation import artist_codes
 from serving.settings import ApiSettings
@@ -42,13 +42,14 @@ def build_api(settings: ApiSettings) -> FastAPI:
         settings.scoring.model_dir, device=settings.scoring.device, intra_op_threads=settings.scoring.intra_op_threads
     )
     metrics.model_info.labels(scorer.model_version, scorer.provider).set(1)
+    retriever = make_retriever(catalog.embeddings, settings.scoring.retriever, settings.scoring.retriever_nprobe)
     rescorer = Rescorer(
         catalog.embeddings,
-        ExactRetriever(catalog.embeddings),
+        retriever,
         scorer,
         n_candidates=settings.scoring.candidates,
         n_recs=settings.scoring.recommendations,
-        candidates=CandidateSource(catalog.embeddings, ExactRetriever(catalog.embeddings), settings.scoring.repeats),
+        candidates=CandidateSource(catalog.embeddings, retriever, settings.scoring.repeats),
         explainer=Explainer(scorer, catalog.embeddings, events=settings.scoring.explain_events)
         if settings.scoring.explain
         else None,

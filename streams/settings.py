@@ -85,6 +85,12 @@ class ScoringSettings(BaseModel):
     model_dir: Path = DEFAULT_MODEL_DIR
     device: Literal["auto", "cuda", "cpu"] = "auto"
     candidates: int = Field(200, ge=1)
+    retriever: Literal["auto", "exact", "ivf"] = Field(
+        "auto",
+        description="candidate retrieval: exact (the whole catalog per user), ivf (an inverted file, faiss), "
+        "auto (ivf from 20,000 tracks)",
+    )
+    retriever_nprobe: int = Field(16, ge=1, description="cells of the inverted file searched per user")
     repeats: bool = Field(
         False, description="offer the session's played (not skipped) tracks again as candidates (serving/candidates.py)"
     )

@@ -23,7 +23,7 @@ from serving.faults import SlowScorer
 from serving.intent import SessionIntent
 from serving.prefs_store import RedisPreferencesStore
 from serving.rescore import Rescorer, Scorer
-from serving.retrieval import ExactRetriever
+from serving.retrieval import make_retriever
 from serving.rules_store import RedisRulesStore, RulesCache
 from serving.scorer import OnnxScorer
 from serving.separation import artist_codes
@@ -71,13 +71,14 @@ def build_rescorer(settings: WorkerSettings, catalog: Catalog, model: Scorer) ->
     """The worker's ranking step for ``model`` (retrieval, candidates, explanations, separation, intent), as
     the settings ask; also what ``loadtests/batch_cost.py`` measures."""
     scoring = settings.scoring
+    retriever = make_retriever(catalog.embeddings, scoring.retriever, scoring.retriever_nprobe)
     return Rescorer(
         catalog.embeddings,
-        ExactRetriever(catalog.embeddings),
+        retriever,
         model,
         n_candidates=settings.scoring.candidates,
         n_recs=settings.scoring.recommendations,
-        candidates=CandidateSource(catalog.embeddings, ExactRetriever(catalog.embeddings), repeats=scoring.repeats),
+        candidates=CandidateSource(catalog.embeddings, retriever, repeats=scoring.repeats),
         explainer=Explainer(model, catalog.embeddings, dynamics_from(settings), scoring.explain_events)
         if scoring.explain
         else None,
