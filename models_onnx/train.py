@@ -45,7 +45,13 @@ class TrainConfig:
     sessions_per_user: int = 4
     events_per_session: int = 20
     holdout: float = 0.15
+    n_tracks: int = 2000  # catalog size of the generated world (larger ones for benchmarks at scale)
     fit: FitConfig = FitConfig()
+
+    @property
+    def n_artists(self) -> int:
+        """300 artists for the default 2,000 tracks; ~20 tracks per artist beyond that."""
+        return 300 if self.n_tracks <= 2000 else self.n_tracks // 20
 
     @staticmethod
     def quick(seed: int = 7, dim: int = 32) -> TrainConfig:
@@ -58,7 +64,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool | None = None) -> dict[str
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, 2])
-    world = SyntheticWorld.create(cfg.seed)
+    world = SyntheticWorld.create(cfg.seed, n_tracks=cfg.n_tracks, n_artists=cfg.n_artists)
     disable = None if progress is None else not progress
 
     events: list[dict[str, Any]] = []
@@ -101,6 +107,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool | None = None) -> dict[str
         "data": "generated",
         "world": {
             "n_tracks": world.n_tracks,
+            "n_artists": cfg.n_artists,
             "n_genres": len(world.genre_names),
             "latent_dim": world.latent_dim,
         },
@@ -131,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=32, help="item embedding size")
     p.add_argument("--hidden", type=int, default=None, help="width of the scorer's hidden layers")
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--tracks", type=int, default=None, help="catalog size (default 2,000; larger for benchmarks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
 
@@ -139,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, fit=replace(cfg.fit, epochs=args.epochs))
     if args.hidden is not None:
         cfg = replace(cfg, hidden=args.hidden)
+    if args.tracks is not None:
+        cfg = replace(cfg, n_tracks=args.tracks)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # deterministic and fast enough for this model size
     try:
