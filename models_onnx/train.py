@@ -35,6 +35,10 @@ from models_onnx.trainer import FitConfig, baseline_score, evaluate, fit, model_
 from serving.cold_start import write_cold_start
 from streams.session import SKIPPED
 
+# The largest generated catalog --tracks accepts: models_onnx/embeddings.py factorises a dense N x N matrix
+# (15,000 tracks: ~1.8 GB a copy, a few copies at the peak).
+MAX_TRACKS = 15_000
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -148,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.hidden is not None:
         cfg = replace(cfg, hidden=args.hidden)
     if args.tracks is not None:
+        if not 2000 <= args.tracks <= MAX_TRACKS:
+            p.error(
+                f"--tracks must be between 2,000 and {MAX_TRACKS:,}: the item embeddings come from a dense "
+                "tracks x tracks co-occurrence matrix (8 bytes a cell, several copies while it is factorised)"
+            )
         cfg = replace(cfg, n_tracks=args.tracks)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # deterministic and fast enough for this model size
