@@ -13,10 +13,12 @@ vectors follow late or not at all. ``SessionIntent`` follows it as a belief over
   is in one genre at a time; a track of that genre is kept (played or liked) with probability ``1 - skip_in``, a
   track of another genre is skipped with probability ``skip_out``; a like is explicit, so a like in another genre
   is ``like_out`` times as likely as one in the current genre (one like moves the session). After every event the
-  belief relaxes toward the prior by ``switch`` (the chance that the mood moved on). So one skip after a run of
-  plays is not yet a switch but two are, a play in another genre of the taste then takes over, a skipped genre
-  stays contradicted until the prior brings it back, and when the session has contradicted every genre the taste
-  knows, the others (at ``floor``) come next: exploration toward genres the session has not tried.
+  mood moves on with probability ``switch`` to *another* genre, in the prior's proportions (from g to h != g with
+  ``prior_h / (1 - prior_g)``): a session deep in one genre keeps the taste's next genre ready. So after a run of
+  plays one skip makes it an even call with the taste's next genre and two are a switch, a play after a skip takes
+  the session to that genre, a skipped genre stays contradicted until the switches bring it back, and when the
+  session has contradicted every genre the taste knows, the others (at ``floor``) hold most of the belief:
+  exploration toward genres the session has not tried.
 * **ranking** (``bias``): ``weight * log belief(genre of the candidate)`` is added to the model's score for
   the order (the model still decides within a genre; explanations keep citing the model's own score), and
   ``candidates`` adds the most likely genre's tracks nearest to the query, which retrieval may not reach.
@@ -44,7 +46,7 @@ class IntentParams:
     # A like is explicit: P(like | another genre) relative to a like in the current genre. Small, so that one like
     # in a new genre moves the session there (every like must change what comes next).
     like_out: float = 0.001
-    switch: float = 0.06  # per event: how far the belief relaxes toward the long-term prior
+    switch: float = 0.1  # per event: the chance that the mood moved on to another genre
     floor: float = 0.01  # prior mass every genre keeps (before normalising)
     weight: float = 3.0  # the log-belief's weight in the ranking score
     candidates: int = 50  # tracks of the most likely genre added to the candidates
@@ -70,6 +72,9 @@ class SessionIntent:
         self.centroids = centroids / np.maximum(counts, 1.0)[:, None]  # [G, D]
         self._gram = self.centroids @ self.centroids.T  # [G, G]
         self._members = [np.flatnonzero(self.genre == k) for k in range(g)]  # track indices per genre
+        self._slot = np.zeros(len(self.genre), np.int64)  # [N]: each track's place in its genre's members
+        for members in self._members:
+            self._slot[members] = np.arange(len(members))
 
     @property
     def n_genres(self) -> int:
@@ -110,19 +115,27 @@ class SessionIntent:
             genre[filled] = self.genre[tracks]
             skipped[filled] = outcomes == SKIPPED
             liked[filled] = outcomes == LIKED
+        # The likelihood of each event: the event's genre gets ``inside``, every other genre ``outside``; a column
+        # where a session has no event leaves its belief as it is (likelihood 1, no switch).
+        rows = np.arange(len(states))
+        inside = np.where(skipped, p.skip_in, 1.0 - p.skip_in)  # [B, W]
+        outside = np.where(skipped, p.skip_out, np.where(liked, p.like_out * (1.0 - p.skip_in), 1.0 - p.skip_out))
+        absent = genre < 0
+        inside[absent] = outside[absent] = 1.0
+        switch = np.where(absent, 0.0, p.switch)[:, :, None]  # [B, W, 1]
+        rest = 1.0 / np.maximum(1.0 - prior, 1e-12)  # [B, G]
         belief = prior.copy()
-        cols = np.arange(self.n_genres)
         for j in range(width):
-            g, sk, lk = genre[:, j], skipped[:, j], liked[:, j]
-            present = g >= 0
-            if not present.any():
-                continue
-            inside = np.where(sk, p.skip_in, 1.0 - p.skip_in)[:, None]  # [B, 1]
-            outside = np.where(sk, p.skip_out, np.where(lk, p.like_out * (1.0 - p.skip_in), 1.0 - p.skip_out))[:, None]
-            post = belief * np.where(cols[None, :] == g[:, None], inside, outside)
+            g = np.maximum(genre[:, j], 0)
+            post = belief * outside[:, j, None]
+            post[rows, g] = belief[rows, g] * inside[:, j]
             post /= post.sum(axis=1, keepdims=True)
-            post = (1.0 - p.switch) * post + p.switch * prior
-            belief = np.where(present[:, None], post, belief)
+            # The mood moves on with probability ``switch``, to another genre, in the prior's proportions: from g to
+            # h != g with prior_h / (1 - prior_g). Mass arriving at h: prior_h * (S - post_h / (1 - prior_h)), with
+            # S = sum_g post_g / (1 - prior_g).
+            spread = post * rest
+            moved = prior * (spread.sum(axis=1, keepdims=True) - spread)
+            belief = post + switch[:, j] * (moved - post)
         return belief
 
     def extend(
@@ -159,20 +172,23 @@ class SessionIntent:
         m = self.params.candidates if m is None else m
         if m <= 0 or not len(queries):
             return np.empty((len(queries), 0), np.int64)
+        m = min(m, len(self._items))
         top = belief.argmax(axis=1)  # [B]
-        sims = np.full((len(queries), len(self._items)), -np.inf, np.float32)  # [B, N]
         q = np.asarray(queries, dtype=np.float32)
+        out = np.full((len(q), m), -1, np.int64)
+        ex = np.maximum(exclude, 0)
         for g in np.unique(top):  # only the chosen genre's tracks are scored: users grouped by genre
             users, tracks = np.flatnonzero(top == g), self._members[g]
-            sims[np.ix_(users, tracks)] = q[users] @ self._items[tracks].T
-        if exclude.shape[1]:
-            rows = np.broadcast_to(np.arange(len(sims))[:, None], exclude.shape)
-            ok = exclude >= 0
-            sims[rows[ok], exclude[ok]] = -np.inf
-        m = min(m, sims.shape[1])
-        part = np.argpartition(-sims, m - 1, axis=1)[:, :m]  # [B, m] unordered
-        part_sims = np.take_along_axis(sims, part, axis=1)
-        order = np.argsort(-part_sims, axis=1, kind="stable")
-        out = np.take_along_axis(part, order, axis=1).astype(np.int64)
-        out[~np.isfinite(np.take_along_axis(part_sims, order, axis=1))] = -1
+            sims = q[users] @ self._items[tracks].T  # [U, n_g]
+            hit = (exclude[users] >= 0) & (self.genre[ex[users]] == g)  # [U, E]: excluded tracks of this genre
+            if hit.any():
+                rows = np.broadcast_to(np.arange(len(users))[:, None], hit.shape)
+                sims[rows[hit], self._slot[ex[users][hit]]] = -np.inf
+            k = min(m, len(tracks))
+            part = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # [U, k] unordered
+            part_sims = np.take_along_axis(sims, part, axis=1)
+            order = np.argsort(-part_sims, axis=1, kind="stable")
+            best = tracks[np.take_along_axis(part, order, axis=1)]
+            best[~np.isfinite(np.take_along_axis(part_sims, order, axis=1))] = -1
+            out[users, :k] = best
         return out
