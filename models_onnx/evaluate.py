@@ -53,6 +53,8 @@ class EvalConfig:
     candidates: int = 1000
     history: int = 500
     neighbours: int = 200
+    segue_holdout: int = 5
+    segue_holdout_modes: tuple[str, ...] = ("users",)
 
 
 def _timed(fn: Callable[[], Any], timings: dict[str, float], key: str) -> Any:
@@ -169,6 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--history", type=int, default=500, help="of them, the listener's most recent distinct tracks")
     p.add_argument("--neighbours", type=int, default=200, help="of them, co-occurrence neighbours of the session")
     p.add_argument("--segue-max-train", type=int, default=150_000, help="training transitions of the segue model")
+    p.add_argument(
+        "--segue-holdout",
+        type=int,
+        default=5,
+        help="N >= 2: the segue model trains on plays its bundle never learnt from (users mode: 1/N of the training "
+        "listeners; time mode: each listener's last plays); 0: off",
+    )
+    p.add_argument("--segue-holdout-modes", default="users", help="comma-separated modes where --segue-holdout applies")
     p.add_argument("--no-gru", action="store_true")
     p.add_argument("--no-segue", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -192,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         history=args.history,
         neighbours=args.neighbours,
         segue_max_train=args.segue_max_train,
+        segue_holdout=args.segue_holdout,
+        segue_holdout_modes=tuple(m.strip() for m in args.segue_holdout_modes.split(",") if m.strip()),
     )
     import torch
 

@@ -6,6 +6,9 @@ At test time the last ``seq_len`` known tracks of the current session are run th
 catalog track is scored (dot product with its output embedding plus a bias). The budget is in steps, not
 seconds, so it does not depend on the machine's load: ``epochs`` passes over the training chunks
 (``steps = ceil(epochs * chunks / batch)``; ``steps_done`` and ``epochs_done`` report what ran).
+Learning rate 0.05 (Adam for the GRU, sparse Adam for the item tables): a catalog of ~270k tracks sees each
+track's rows in few steps of one epoch, and at 2e-3 the tables hardly left their initialisation (HR@20 near
+popularity); on 30 users, one epoch: 2e-3 0.006, 0.02 0.038, 0.05 0.052, 0.1 0.012.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ class GRU4Rec:
         batch: int = 256,
         n_neg: int = 2048,
         epochs: float = 1.0,
-        lr: float = 2e-3,
+        lr: float = 0.05,
         seed: int = 0,
         progress: bool = True,
     ) -> None:

@@ -153,15 +153,39 @@ class TrainRows:
         return int(self.target.shape[0])
 
 
-def training_rows(fold: Fold, max_rows: int) -> np.ndarray:
-    """Each training user's last plays that continue a session, about ``max_rows`` in all."""
+def training_rows(fold: Fold, max_rows: int, users: np.ndarray | None = None) -> np.ndarray:
+    """Each training user's last plays that continue a session, about ``max_rows`` in all; only the users
+    where ``users`` (bool [U]) when given."""
     t = fold.train
     starts, ends = t.user_bounds()
+    if users is not None:
+        mine = users[t.user[starts]]
+        starts, ends = starts[mine], ends[mine]
     per_user = max(1, max_rows // max(1, len(starts)))
     keep = np.zeros(len(t), bool)
     for s, e in zip(starts, ends, strict=True):
         keep[max(s, e - per_user) : e] = True
     return np.flatnonzero(keep & (t.pos > 0) & (fold.train_items >= 0))
+
+
+def held_out_listeners(fold: Fold, folds: int, seed: int) -> np.ndarray | None:
+    """bool [U] (indexed like ``fold.train.user``): a seeded ``1 / folds`` share of the training listeners (at
+    least one, never all), or None when ``folds`` < 2."""
+    if folds < 2:
+        return None
+    users = np.unique(fold.train.user)
+    n_out = min(len(users) - 1, max(1, len(users) // folds))
+    out = np.zeros(len(fold.train.user_ids), bool)
+    out[np.random.default_rng([seed, 37]).choice(users, n_out, replace=False)] = True
+    return out
+
+
+def held_out_tail(fold: Fold, rows: np.ndarray) -> np.ndarray:
+    """bool [E]: each training listener's plays from the session of their first row in ``rows`` on."""
+    t = fold.train
+    first = np.full(len(t.user_ids), np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(first, t.user[rows], rows - t.pos[rows])
+    return np.arange(len(t)) >= first[t.user]
 
 
 def _negatives(fixed: list[int], t: int, rng: np.random.Generator) -> list[int]:
@@ -184,12 +208,16 @@ def replay_training(
     neg_p: np.ndarray,
     rng: np.random.Generator,
     progress: bool,
+    loo: bool = True,
+    desc: str = "segue: replay training plays",
+    items: np.ndarray | None = None,
 ) -> TrainRows:
     """Replay the training plays and collect one example per row of ``rows``: the state, the target, negatives
     from the candidates serving would offer (``CandidateSource.fixed``: repeats, co-occurrence neighbours, the
     listener's history) and ``N_POP_NEG`` tracks drawn with probabilities ``neg_p`` (retrieval stands in for
     them), with the features ``FeatureBuilder.build`` computes for each."""
-    items, skips = fold.train_items, fold.train.skip
+    items = fold.train_items if items is None else items  # int64 [E] vocabulary index, -1: unknown to the bundle
+    skips = fold.train.skip
     first = row_starts(fold.train)
     width = 1 + N_TOP_NEG + N_ANY_NEG + N_POP_NEG
     n_rows = len(rows)
@@ -207,7 +235,7 @@ def replay_training(
         feats[at] = builder.build([s for _, s, _ in pending], np.maximum(cand[at], 0), [h for _, _, h in pending])
         pending.clear()
 
-    for i, (r, st) in enumerate(replay_states(fold.train, items, emb, rows, "segue: replay training plays", progress)):
+    for i, (r, st) in enumerate(replay_states(fold.train, items, emb, rows, desc, progress)):
         pos[i], neg[i], taste[i] = st.pos, st.neg, st.taste
         ctx[i] = context_features(st, int(fold.train.ts_ms[r]))
         hist = histories.get(items, skips, int(first[r]), r, r - int(fold.train.pos[r]))
@@ -220,12 +248,12 @@ def replay_training(
             flush()
     if pending:
         flush()
-    # The target's own play is in its track's training skip rate: leave it out, as the skip baseline does.
-    t, y = items[rows], skips[rows].astype(np.float64)
-    c = fold.vocab.counts[t].astype(np.float64)
-    rate = builder.stats.skip_rate[t].astype(np.float64)
-    loo = (rate * (c + SKIP_PRIOR_WEIGHT) - y) / np.maximum(c - 1.0 + SKIP_PRIOR_WEIGHT, 1e-9)
-    feats[:, 0, CANDIDATE_FEATURES.index("track_skip_rate")] = loo
+    if loo:  # the target's own play is in its track's training skip rate: leave it out, as the skip baseline does
+        t, y = items[rows], skips[rows].astype(np.float64)
+        c = fold.vocab.counts[t].astype(np.float64)
+        rate = builder.stats.skip_rate[t].astype(np.float64)
+        out = (rate * (c + SKIP_PRIOR_WEIGHT) - y) / np.maximum(c - 1.0 + SKIP_PRIOR_WEIGHT, 1e-9)
+        feats[:, 0, CANDIDATE_FEATURES.index("track_skip_rate")] = out
     return TrainRows(pos, neg, taste, ctx, items[rows].astype(np.int64), (~skips[rows]).astype(np.float32), cand, feats)
 
 
@@ -295,21 +323,40 @@ def train_bundle(fold: Fold, out: Path, dim: int, cfg: Any) -> dict[str, Any]:
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 29])
     n = len(fold.vocab)
-    kept = ~fold.train.skip
+    folds = int(cfg.segue_holdout) if fold.name in tuple(cfg.segue_holdout_modes) else 0
+    # Held out (folds > 1): the bundle (embeddings, neighbour table, popularity, skip rates) never learns from
+    # the plays the model trains on, as at test time: in ``users`` mode a ``1 / folds`` share of the training
+    # listeners (the model trains on their last plays, the bundle on the other listeners), in ``time`` mode
+    # each listener's last plays (the training rows and what follows them). A track the bundle never saw is
+    # outside its catalog knowledge (unknown to the replay, no training row).
+    if fold.name == "users":
+        held = held_out_listeners(fold, folds, seed)
+        rows = training_rows(fold, int(cfg.segue_max_train), held)
+        unseen = None if held is None else held[fold.train.user]  # bool [E]
+    else:
+        rows = training_rows(fold, int(cfg.segue_max_train))
+        unseen = held_out_tail(fold, rows) if folds > 1 else None
+    known = np.ones(len(fold.train), bool) if unseen is None else ~unseen
+    kept = ~fold.train.skip & known
     _, artist = np.unique(fold.vocab.artist_ids, return_inverse=True)
     base, counts = sparse_item_embeddings(
         fold.train_items[kept], fold.train.session[kept], n, dim - N_META, [artist], rng
     )
-    stats = track_stats(fold, m=NEIGHBOURS)
-    rows = training_rows(fold, int(cfg.segue_max_train))
-    emb = meta_embeddings(base, skip_rates(fold, exclude=rows), fold.vocab.counts)  # no training label in it
+    stats = track_stats(fold, m=NEIGHBOURS, exclude=unseen)
+    n_plays = np.bincount(fold.train_items[known], minlength=n)
+    items = np.where(n_plays[fold.train_items] > 0, fold.train_items, -1)
+    rows = rows[items[rows] >= 0]
+    left_out = rows if unseen is None else np.flatnonzero(unseen)
+    emb = meta_embeddings(base, skip_rates(fold, exclude=left_out), n_plays)  # no training label in it
     builder = FeatureBuilder(stats)
     source = CandidateSource(
         emb, ExactRetriever(emb), repeats=True, history=int(cfg.history), neighbours=builder,
         n_neighbours=int(cfg.neighbours),
     )  # fmt: skip
-    q = fold.vocab.counts.astype(np.float64) ** 0.75
-    data = replay_training(fold, emb, rows, source, builder, k, q / q.sum(), rng, progress)
+    q = n_plays.astype(np.float64) ** 0.75
+    data = replay_training(
+        fold, emb, rows, source, builder, k, q / q.sum(), rng, progress, unseen is None, items=items
+    )  # fmt: skip
     model = FeatureScorer(dim, N_CANDIDATE_FEATURES, keep_weight=KEEP_WEIGHT)
     loss = fit_real(model, data, emb, int(cfg.segue_epochs), rng, stats.skip_prior, progress=progress)
     digest = hashlib.sha256(emb.tobytes())
@@ -374,33 +421,33 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
         target = p.target[idx]
         q = np.stack([query_vector(s) for s in states])
         sims = q @ emb.T  # [B, N], as the retriever computes them
+        at = np.maximum(target, 0)
+        s_t = sims[np.arange(len(batch)), at]
+        above = (sims > s_t[:, None]).sum(axis=1)  # retrieval places before the target, nothing excluded yet
+        tied = (sims == s_t[:, None]).sum(axis=1) - 1
+
+        def tail_rank(j: int, t: int, taken: list[int], recent: set[int]) -> float:
+            """The target's rank when it is not among ``taken``: the session's other recent tracks last,
+            everything else after ``taken`` in retrieval order (ties at their mean place)."""
+            out = recent - set(taken)
+            if t in out:
+                return len(emb) - len(out) + (len(out) + 1) / 2.0
+            gone = np.fromiter(out | set(taken), np.int64)
+            s_gone = sims[j, gone]
+            before = above[j] - int((s_gone > s_t[j]).sum())
+            ties = tied[j] - int((s_gone == s_t[j]).sum())
+            return 1.0 + len(taken) + before + ties / 2.0
+
         for j, (rk, st) in enumerate(zip(rankings, states, strict=True)):
             t = int(target[j])
             if t < 0:
                 ranks[idx[j]] = order_ranks[idx[j]] = np.inf
                 continue
+            recent = set(st.recent)
             fixed = source.fixed(st, hist[j])[:k]
-            if t in fixed:
-                order_ranks[idx[j]] = 1.0 + fixed.index(t)
-            elif t in st.recent:
-                out = set(st.recent) - set(fixed)
-                order_ranks[idx[j]] = len(emb) - len(out) + (len(out) + 1) / 2.0
-            else:
-                row = sims[j].copy()
-                row[list(set(st.recent) | set(fixed))] = -np.inf
-                order_ranks[idx[j]] = 1.0 + len(fixed) + (row > row[t]).sum() + ((row == row[t]).sum() - 1) / 2.0
+            order_ranks[idx[j]] = 1.0 + fixed.index(t) if t in fixed else tail_rank(j, t, fixed, recent)
             hit = np.flatnonzero(rk.indices == t)
-            if len(hit):
-                ranks[idx[j]] = 1.0 + hit[0]
-                continue
-            excluded = set(st.recent) - set(rk.indices.tolist())
-            if t in excluded:
-                ranks[idx[j]] = len(emb) - len(excluded) + (len(excluded) + 1) / 2.0
-            else:
-                row = sims[j].copy()
-                row[list(excluded)] = -np.inf
-                row[rk.indices] = -np.inf
-                ranks[idx[j]] = 1.0 + len(rk.indices) + (row > row[t]).sum() + ((row == row[t]).sum() - 1) / 2.0
+            ranks[idx[j]] = 1.0 + hit[0] if len(hit) else tail_rank(j, t, rk.indices.tolist(), recent)
         known = (target >= 0)[:, None]
         cand = np.where(known, emb[np.maximum(target, 0)], 0.0)[:, None, :]  # an unknown track: a zero embedding
         feats = builder.build(states, target[:, None], hist)

@@ -63,15 +63,21 @@ def skip_rates(fold: Fold, exclude: np.ndarray | None = None) -> np.ndarray:
     return (skips + PRIOR_WEIGHT * prior) / (counts + PRIOR_WEIGHT)
 
 
-def track_stats(fold: Fold, window: int = 5, m: int = 50) -> TrackStats:
-    """The ``TrackStats`` of ``fold``'s training plays."""
-    counts = fold.vocab.counts
-    idx, val = neighbour_table(fold.train_items, fold.train.session, counts, window, m)
+def track_stats(fold: Fold, window: int = 5, m: int = 50, exclude: np.ndarray | None = None) -> TrackStats:
+    """The ``TrackStats`` of ``fold``'s training plays; without the rows where ``exclude`` (bool [E]) when
+    given: what the bundle would know if those plays (say, some listeners' plays) had never been seen."""
+    if exclude is None:
+        counts, items, sessions, skips = fold.vocab.counts, fold.train_items, fold.train.session, fold.train.skip
+    else:
+        keep = ~exclude
+        items, sessions, skips = fold.train_items[keep], fold.train.session[keep], fold.train.skip[keep]
+        counts = np.bincount(items, minlength=len(fold.vocab)).astype(np.int64)
+    idx, val = neighbour_table(items, sessions, counts, window, m)
     logc = np.log1p(counts.astype(np.float64))
     return TrackStats(
         neighbour_idx=idx,
         neighbour_val=val,
         popularity=(logc / max(float(logc.max()), 1e-9)).astype(np.float32),
-        skip_rate=skip_rates(fold).astype(np.float32),
-        skip_prior=float(fold.train.skip.mean()),
+        skip_rate=skip_rates(fold, None if exclude is None else np.flatnonzero(exclude)).astype(np.float32),
+        skip_prior=float(skips.mean()),
     )

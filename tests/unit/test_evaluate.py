@@ -102,6 +102,28 @@ def test_vocabulary_comes_from_training_plays_only(tmp_path: Path) -> None:
     assert "t7" not in uf.vocab.index and uf.test_items.tolist() == [-1, uf.vocab.index["t1"]]
 
 
+def test_held_out_listeners_meet_a_bundle_that_never_saw_them(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from models_onnx.realmodel import held_out_listeners, training_rows
+    from models_onnx.track_stats import track_stats
+
+    fold = time_fold(load_plays(write_dataset(tmp_path / "d", 6, seed=3)))
+    assert held_out_listeners(fold, 1, 0) is None
+    held = held_out_listeners(fold, 3, 0)
+    assert held is not None and held.sum() == 2 and np.array_equal(held, held_out_listeners(fold, 3, 0))
+    rows = training_rows(fold, 60, held)
+    assert len(rows) and held[fold.train.user[rows]].all()  # training rows only from the held-out listeners
+    unseen = held[fold.train.user]
+    stats = track_stats(fold, m=5, exclude=unseen)
+    only_theirs = np.bincount(fold.train_items[~unseen], minlength=len(fold.vocab)) == 0
+    assert (stats.neighbour_idx[only_theirs] == -1).all() and (stats.popularity[only_theirs] == 0).all()
+    assert stats.skip_prior == pytest.approx(fold.train.skip[~unseen].mean())
+    full = track_stats(fold, m=5)
+    same = track_stats(fold, m=5, exclude=np.zeros(len(fold.train), bool))
+    np.testing.assert_array_equal(full.neighbour_idx, same.neighbour_idx)
+    np.testing.assert_allclose(full.skip_rate, same.skip_rate)
+
+
 def test_ranking_metrics_by_hand() -> None:
     ranks = np.array([1.0, 2.0, 10.0, 11.0, 25.0, np.inf])
     assert hit(ranks, 10).tolist() == [1, 1, 1, 0, 0, 0]
@@ -163,7 +185,7 @@ def test_test_dir_mode_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "report"
     args = ["--data", str(data), "--test", str(test), "--out", str(out), "--modes", "users", "--positions", "100"]
     args += ["--gru-epochs", "0.2", "--segue-epochs", "1", "--candidates", "30", "--history", "10", "--bootstrap", "50"]
-    args += ["--no-progress"]
+    args += ["--no-progress", "--segue-holdout", "3"]  # the model trains on 4 listeners its bundle never saw
     assert main(args) == 0
     report = (out / "report.md").read_text()
     names = ("popularity", "user most-recent", "item-kNN", "V-SKNN", "GRU4Rec", "logistic regression", "segue")
