@@ -67,6 +67,9 @@ def replay_events(bundle: Path, n_events: int, n_users: int, seed: int) -> list[
     return by_time(events)
 
 
+IN_FLIGHT_SHARE = 0.03  # of the replay, sent past a fault's point before the fault lands
+
+
 class FaultRun:
     """One scenario's world: topics and keys of its own on a stack, the events and their expected result."""
 
@@ -108,12 +111,20 @@ class FaultRun:
         w.wait_ready(timeout_s=120)
         return w
 
-    def produce_in_background(self) -> threading.Thread:
-        """Send every event (keyed by user) from a thread; returns the running thread."""
+    def produce_in_background(self, holds: Sequence[tuple[int, threading.Event]] = ()) -> threading.Thread:
+        """Send every event (keyed by user) from a thread; returns the running thread.
+
+        Each hold ``(index, released)`` stops the replay before event ``index`` until ``released`` is set, so
+        a fault can be made to land mid-stream however fast the worker drains what was sent.
+        """
+        pending = sorted(holds, key=lambda h: h[0])
 
         def send() -> None:
             producer = KafkaProducer(bootstrap_servers=self.stack.kafka.servers, linger_ms=20, acks=1)
-            for e in self.events:
+            for i, e in enumerate(self.events):
+                while pending and i >= pending[0][0]:
+                    producer.flush()
+                    pending.pop(0)[1].wait(timeout=600)
                 producer.send(self.topics.events, key=e["user_id"].encode(), value=msgspec.json.encode(e))
             producer.flush()
             producer.close()
@@ -121,6 +132,12 @@ class FaultRun:
         thread = threading.Thread(target=send, name="replay", daemon=True)
         thread.start()
         return thread
+
+    def hold_after(self, share: float) -> tuple[int, threading.Event]:
+        """A hold a little past ``share`` of the replay: the events up to it are sent, with some in flight
+        when the fault lands, and the rest wait for the fault."""
+        n = len(self.events)
+        return min(n - 1, int(np.ceil((share + IN_FLIGHT_SHARE) * n))), threading.Event()
 
     def applied(self) -> int:
         """Events applied so far, from the state versions in Redis (one pipelined round trip)."""
@@ -182,12 +199,15 @@ def kill_restart(run: FaultRun, kills: int, rng: np.random.Generator, timeout_s:
     is applied); a new worker takes over each time."""
     started = time.monotonic()
     worker = run.worker()
-    producer = run.produce_in_background()
+    shares = sorted(rng.uniform(0.05, 0.95, size=kills))
+    holds = [run.hold_after(s) for s in shares]
+    producer = run.produce_in_background(holds)
     at: list[int] = []
     try:
-        for share in sorted(rng.uniform(0.05, 0.95, size=kills)):
+        for share, (_, released) in zip(shares, holds, strict=True):
             at.append(run.wait_applied(share * run.total, timeout_s))
             worker.kill()
+            released.set()
             worker = run.worker()
         producer.join()
         run.wait_done(timeout_s)
@@ -203,10 +223,13 @@ def lose_a_member(run: FaultRun, rng: np.random.Generator, timeout_s: float) -> 
     """Two workers share the partitions; one is killed mid-stream and the other takes its partitions."""
     started = time.monotonic()
     a, b = run.worker(), run.worker()
-    producer = run.produce_in_background()
+    share = float(rng.uniform(0.2, 0.8))
+    index, released = run.hold_after(share)
+    producer = run.produce_in_background([(index, released)])
     try:
-        at = run.wait_applied(float(rng.uniform(0.2, 0.8)) * run.total, timeout_s)
+        at = run.wait_applied(share * run.total, timeout_s)
         a.kill()
+        released.set()
         producer.join()
         run.wait_done(timeout_s)
     finally:
@@ -229,10 +252,12 @@ def redis_outage(run: FaultRun, outage_s: float, timeout_s: float) -> FaultRepor
         raise ValueError("the Redis outage scenario needs a stack with redis_persistence=True")
     started = time.monotonic()
     worker = run.worker()
-    producer = run.produce_in_background()
+    index, released = run.hold_after(0.3)
+    producer = run.produce_in_background([(index, released)])
     try:
         at = run.wait_applied(0.3 * run.total, timeout_s)
         server.stop()
+        released.set()
         time.sleep(outage_s)
         restarted = RedisServer(server.run_dir, port=server.port, persistence=True, data_dir=server.data_dir)
         restarted.start()
