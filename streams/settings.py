@@ -152,8 +152,10 @@ class WorkerSettings(BaseSettings):
     batch_max: int = Field(1000, ge=1)
     # Each micro-batch gathers events for this long after the previous one is done: longer windows make fewer,
     # larger batches (the per-batch cost is shared by more events), at up to this much added latency per event.
+    # The default is the freshness end; 0.02 keeps a worker near its limit from falling behind
+    # (docs/benchmarks.md, "Freshness at a steady rate").
     batch_within_s: float = Field(
-        0.02, gt=0, description="how long a micro-batch gathers events before it is processed (seconds)"
+        0.003, gt=0, description="how long a micro-batch gathers events before it is processed (seconds)"
     )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9108, ge=0)
