@@ -185,7 +185,10 @@ def mood_breakdown(
     the genres listener l's history shows (``closed_loop.known_genres``). Per window (positions before
     ``late_from`` and from it on): the share of positions whose focus is no longer the session's first
     (``switched``), the share of picks in the focus genre (``in_focus``), and the skip rate of positions whose
-    focus genre the history does not show (``skip_focus_unknown``, with its share ``focus_unknown``); overall
+    focus genre the history does not show (``skip_focus_unknown``, with its share ``focus_unknown``), and the
+    share and skip rate of the known-genre positions whose focus is still the session's first (``unchanged``,
+    ``skip_unchanged``) or has moved (``changed_known``, ``skip_changed_known``): a recommender can fall within
+    each mood state while its overall rate rises with the share of moved moods; overall
     the skip rate of picks in and off the focus genre, and by positions since the focus last changed
     (``since_switch``: "0" is the first track after the change; "never": not changed since position 1)."""
     skip = indicator(kinds, "skip")  # [L, P]
@@ -213,6 +216,10 @@ def mood_breakdown(
             "focus_unknown": float(unknown[sl].mean()),
             "skip_focus_unknown": rate(unknown[sl], sl)["skip"],
             "skip_focus_known": rate(~unknown[sl], sl)["skip"],
+            "unchanged": float((~switched[sl] & ~unknown[sl]).mean()),
+            "skip_unchanged": rate(~switched[sl] & ~unknown[sl], sl)["skip"],
+            "changed_known": float((switched[sl] & ~unknown[sl]).mean()),
+            "skip_changed_known": rate(switched[sl] & ~unknown[sl], sl)["skip"],
         }
     out["in_focus"] = rate(in_focus)
     out["off_focus"] = rate(~in_focus)

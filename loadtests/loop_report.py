@@ -130,7 +130,7 @@ def trend_lines(h: dict[str, Any], late: int) -> list[str]:
 
 
 def mood_lines(r: dict[str, Any]) -> list[str]:
-    """The diagnosis by the listeners' hidden moods (``loop_metrics.mood_breakdown``), as two tables."""
+    """The diagnosis by the listeners' hidden moods (``loop_metrics.mood_breakdown``), as tables."""
     arms = {n: a["mood"] for n, a in r["arms"].items() if "mood" in a}
     if not arms:
         return []
@@ -156,6 +156,28 @@ def mood_lines(r: dict[str, Any]) -> list[str]:
             f"{_pct(m['in_focus']['skip'])} / {_pct(m['off_focus']['skip'])} | {_pct(w['focus_unknown'])}, "
             f"{_pct(w['skip_focus_unknown'])} | {_pct(w['skip_focus_known'])} |"
         )
+    if "unchanged" in next(iter(arms.values()))["windows"][late]:
+        lines += [
+            "",
+            "Skip rate by mood state and window (share of the window's positions, skip rate): the focus still the "
+            "session's first (a genre the history shows), moved to another genre the history shows, or a genre "
+            "it does not show. The overall rate by window mixes these: a rising share of moved moods raises it "
+            "even where each state's rate falls.",
+            "",
+            "| recommender | "
+            + " | ".join(f"{state}, {w}" for state in ("unchanged", "moved, known", "unknown") for w in (early, late))
+            + " |",
+            "|---|" + "---|" * 6,
+        ]
+        for name, m in arms.items():
+            cells = []
+            for share, skip in (
+                ("unchanged", "skip_unchanged"),
+                ("changed_known", "skip_changed_known"),
+                ("focus_unknown", "skip_focus_unknown"),
+            ):
+                cells += [f"{_pct(m['windows'][w][share])}, {_pct(m['windows'][w][skip])}" for w in (early, late)]
+            lines.append(f"| {ARM_STYLE.get(name, (name,))[0]} | " + " | ".join(cells) + " |")
     keys = list(next(iter(arms.values()))["since_switch"])
     lines += [
         "",

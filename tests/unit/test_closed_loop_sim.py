@@ -220,6 +220,11 @@ def test_mood_breakdown_splits_skips_by_the_hidden_focus():
     assert m["windows"]["3-4"]["in_focus"] == 0.5
     assert m["windows"]["3-4"]["focus_unknown"] == 0.5 and m["windows"]["3-4"]["skip_focus_unknown"] == 0.5
     assert m["windows"]["3-4"]["skip_focus_known"] == 0.5
+    # by mood state: both listeners' first focus, known, at positions 1-2; at 3-4 listener 0 still there (a play
+    # and a skip), listener 1 moved to a genre its history does not show
+    assert m["windows"]["1-2"]["unchanged"] == 1.0 and m["windows"]["1-2"]["skip_unchanged"] == 0.25
+    assert m["windows"]["3-4"]["unchanged"] == 0.5 and m["windows"]["3-4"]["skip_unchanged"] == 0.5
+    assert m["windows"]["3-4"]["changed_known"] == 0.0 and np.isnan(m["windows"]["3-4"]["skip_changed_known"])
     assert m["in_focus"] == {"skip": pytest.approx(1 / 6), "n": 6} and m["off_focus"] == {"skip": 1.0, "n": 2}
     assert m["since_switch"]["0"] == {"skip": 1.0, "n": 1} and m["since_switch"]["1"] == {"skip": 0.0, "n": 1}
     assert m["since_switch"]["never"]["n"] == 6 and m["since_switch"]["5+"]["n"] == 0
