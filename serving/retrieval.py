@@ -15,6 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
+from streams.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # ``auto`` uses the inverted file from this catalog size on (below it one matrix product is cheap).
@@ -108,7 +110,7 @@ class IvfRetriever:
 def make_retriever(embeddings: np.ndarray, kind: str = "auto", nprobe: int = 16) -> Retriever:
     """``exact``, ``ivf``, or ``auto`` (the inverted file from ``IVF_FROM_TRACKS`` tracks on)."""
     if kind not in ("auto", "exact", "ivf"):
-        raise ValueError(f"unknown retriever {kind!r}: use auto, exact or ivf")
+        raise ConfigError(f"unknown retriever {kind!r}: set SEGUE_SCORING__RETRIEVER to auto, exact or ivf")
     if kind == "ivf" or (kind == "auto" and len(embeddings) >= IVF_FROM_TRACKS):
         retriever = IvfRetriever(embeddings, nprobe=nprobe)
         log.info("retrieval: inverted file, %d cells, %d probed per query", retriever.nlist, retriever.nprobe)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from serving.retrieval import IVF_FROM_TRACKS, ExactRetriever, IvfRetriever, Retriever, make_retriever
+from streams.errors import ConfigError
 
 RETRIEVERS = {
     "exact": ExactRetriever,
@@ -99,7 +100,7 @@ def test_make_retriever_picks_by_setting_and_catalog_size():
     assert isinstance(make_retriever(small, "ivf"), IvfRetriever)
     assert isinstance(make_retriever(clustered(IVF_FROM_TRACKS, 4), "auto"), IvfRetriever)
     assert isinstance(make_retriever(clustered(IVF_FROM_TRACKS, 4), "exact"), ExactRetriever)
-    with pytest.raises(ValueError, match="unknown retriever"):
+    with pytest.raises(ConfigError, match="unknown retriever"):
         make_retriever(small, "hnsw")
 
 
