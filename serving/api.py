@@ -144,11 +144,14 @@ def create_api(deps: ApiDeps) -> FastAPI:
         register_editorial(api, deps.editorial)
 
     if deps.steering is not None:
-        register_steering(api, deps.steering, lambda user: _on_demand(deps, user))
+        register_steering(api, deps.steering, lambda user: _on_demand(deps, user, replace=True))
     return api
 
 
-async def _on_demand(deps: ApiDeps, user_id: str, device: str | None = None) -> Recommendations:
+async def _on_demand(deps: ApiDeps, user_id: str, device: str | None = None, replace: bool = False) -> Recommendations:
+    """Rank ``user_id`` now (cold start for a listener without a state) and offer the list to the store: kept only
+    while the state is still the one ranked (``Store.offer_recommendations``), so a fresher list the worker wrote
+    meanwhile is never overwritten; ``replace``: also over a list already stored (after a steer)."""
     (state,) = await deps.store.get_states([user_id])
     now = now_ms()
     if state is None and deps.bias is not None:  # a new user: context prior, popularity and any steer
@@ -172,5 +175,5 @@ async def _on_demand(deps: ApiDeps, user_id: str, device: str | None = None) -> 
         session_id=state.session_id if state is not None else "",
     )
     if state is not None:
-        await deps.store.put_recommendations([recs])
+        await deps.store.offer_recommendations([recs], [state.version], replace=replace)
     return recs

@@ -11,7 +11,10 @@ One key rather than a hash and a second key: a Redis hash with values over 64 by
 every key costs ~100 bytes of its own; the single string holds a user in under 1 KiB. State writes are
 compare-and-set on the version (a Lua script that keeps the recommendations part), so two workers that both
 hold a user during a rebalance cannot overwrite each other's newer state; recommendations are written
-by a second script that keeps the state part (and only where a state exists). The user id sits in a hash
+by a second script that keeps the state part (and only where a state exists). A list ranked on demand (by the
+API) is *offered* with the state version it was ranked from, through a third script that stores it only where the
+state is still at that version and, unless it replaces, no list is stored: it fills a gap and never overwrites the
+worker's fresher list. The user id sits in a hash
 tag, so on Redis Cluster the user's key lands in the user's slot like the other per-user keys.
 """
 
@@ -61,6 +64,16 @@ class Store(Protocol):
 
         ``ranked[i]``: the ``serving.rescore.Ranking`` that ``recs[i]`` was made from, if at hand (cheaper to
         encode than the record)."""
+        ...
+
+    async def offer_recommendations(
+        self, recs: Sequence[Recommendations], versions: Sequence[int], replace: bool = False
+    ) -> set[str]:
+        """Store ``recs[i]`` only where the user's state is still at ``versions[i]`` (the state it was ranked from)
+        and, unless ``replace``, no list is stored yet; return the users whose list was not stored.
+
+        For lists ranked outside the worker (on demand, after a steer): a worker that applied a newer event, or
+        wrote its own list for this state, is never overwritten."""
         ...
 
     async def forget_user(self, user_id: str) -> bool:
@@ -126,6 +139,22 @@ class MemoryStore:
                 blob = self._codec.encode_ranked(r, ranked[k]) if ranked is not None else self._codec.encode(r)
                 self._users[r.user_id] = pack_user(version, state, blob)
 
+    async def offer_recommendations(
+        self, recs: Sequence[Recommendations], versions: Sequence[int], replace: bool = False
+    ) -> set[str]:
+        refused = set()
+        for r, want in zip(recs, versions, strict=True):
+            current = self._users.get(r.user_id)
+            if current is None:
+                refused.add(r.user_id)
+                continue
+            version, state, old = unpack_user(current)
+            if version != want or (old and not replace):
+                refused.add(r.user_id)
+                continue
+            self._users[r.user_id] = pack_user(version, state, self._codec.encode(r))
+        return refused
+
     async def forget_user(self, user_id: str) -> bool:
         return self._users.pop(user_id, None) is not None
 
@@ -163,6 +192,19 @@ redis.call('SET', KEYS[1], string.sub(cur, 1, 12 + ((a * 256 + b) * 256 + c) * 2
 return 1
 """
 
+# Store a list ranked from one state version (see ``Store.offer_recommendations``). KEYS[1]: the user's key.
+# ARGV[1]: the encoded recommendations; ARGV[2]: the version (8 bytes, big-endian) it was ranked from; ARGV[3]:
+# '1' to replace a stored list. Returns 1 if written, 0 if not (no state, another version, a list already there).
+_OFFER_RECS = """
+local cur = redis.call('GET', KEYS[1])
+if not cur or string.sub(cur, 1, 8) ~= ARGV[2] then return 0 end
+local a, b, c, d = string.byte(cur, 9, 12)
+local head = 12 + ((a * 256 + b) * 256 + c) * 256 + d
+if ARGV[3] ~= '1' and string.len(cur) > head then return 0 end
+redis.call('SET', KEYS[1], string.sub(cur, 1, head) .. ARGV[1], 'KEEPTTL')
+return 1
+"""
+
 
 class RedisStore:
     """A ``Store`` on Redis (or Redis Cluster through a cluster-aware client passed in)."""
@@ -183,6 +225,7 @@ class RedisStore:
         self._published = -CATALOG_REFRESH_S
         self._put_state = client.register_script(_PUT_STATE)
         self._put_recs = client.register_script(_PUT_RECS)
+        self._offer_recs = client.register_script(_OFFER_RECS)
 
     @staticmethod
     def connect(settings: RedisSettings, metrics: Metrics | None = None, codec: RecsCodec | None = None) -> RedisStore:
@@ -285,6 +328,20 @@ class RedisStore:
             blob = self._codec.encode_ranked(r, ranked[k]) if ranked is not None else self._codec.encode(r)
             await self._put_recs(keys=[self.user_key(r.user_id)], args=[blob], client=pipe)
         await self._run("put_recommendations", pipe)
+
+    async def offer_recommendations(
+        self, recs: Sequence[Recommendations], versions: Sequence[int], replace: bool = False
+    ) -> set[str]:
+        if not recs:
+            return set()
+        pipe = self._r.pipeline(transaction=False)
+        self._publish_catalog(pipe)
+        flag = "1" if replace else "0"
+        for r, want in zip(recs, versions, strict=True):
+            args = [self._codec.encode(r), want.to_bytes(8, "big"), flag]
+            await self._offer_recs(keys=[self.user_key(r.user_id)], args=args, client=pipe)
+        results = (await self._run("offer_recommendations", pipe))[-len(recs) :]
+        return {r.user_id for r, ok in zip(recs, results, strict=True) if not ok}
 
     async def forget_user(self, user_id: str) -> bool:
         pipe = self._r.pipeline(transaction=False)

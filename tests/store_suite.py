@@ -55,3 +55,34 @@ async def check_compare_and_set(store: Store, user: str) -> None:
     newer = _state(4)
     assert await store.put_states({user: newer}, expected={user: first.version}) == set()
     assert encode_state((await store.get_states([user]))[0]) == encode_state(newer)
+
+
+async def check_offer(store: Store, user: str) -> None:
+    """A list offered with the state version it was ranked from fills a gap, never overwrites a fresher one."""
+
+    def recs(track: str) -> Recommendations:
+        return Recommendations(
+            user_id=user, items=[RecommendedTrack(track, 1.0, 1)], model_version="m", provider="CPUExecutionProvider"
+        )
+
+    assert await store.offer_recommendations([recs("none")], [1]) == {user}  # no state: nothing stored
+    assert await store.get_recommendations(user) is None
+    first = _state(1)
+    await store.put_states({user: first})
+    assert await store.offer_recommendations([recs("stale")], [first.version + 1]) == {user}
+    assert await store.get_recommendations(user) is None
+    assert await store.offer_recommendations([recs("filled")], [first.version]) == set()
+    assert await store.get_recommendations(user) == recs("filled")
+    # a list is there (the worker's, say): an offer does not replace it, a replacing offer does
+    assert await store.offer_recommendations([recs("second")], [first.version]) == {user}
+    assert await store.get_recommendations(user) == recs("filled")
+    assert await store.offer_recommendations([recs("steered")], [first.version], replace=True) == set()
+    assert await store.get_recommendations(user) == recs("steered")
+    # the state moved on (a newer event): even a replacing offer from the older state is refused
+    e = Play(event_id="e-next", user_id=user, track_id="t", ts_ms=1_700_000_000_500, played_ms=100_000)
+    newer = apply_event(first, e, 2, np.full(8, 2, np.float32))
+    assert newer.version > first.version
+    await store.put_states({user: newer})
+    assert await store.offer_recommendations([recs("old")], [first.version], replace=True) == {user}
+    assert await store.get_recommendations(user) == recs("steered")
+    assert encode_state((await store.get_states([user]))[0]) == encode_state(newer)

@@ -4,7 +4,7 @@ import asyncio
 
 from streams.settings import RedisSettings
 from streams.stores import RedisStore, Store
-from tests.store_suite import check_compare_and_set, check_store
+from tests.store_suite import check_compare_and_set, check_offer, check_store
 
 
 def _run(embedded_stack, redis_prefix, check, *args):
@@ -25,3 +25,7 @@ def test_redis_store_passes_the_store_suite(embedded_stack, redis_prefix):
 
 def test_redis_store_compare_and_set(embedded_stack, redis_prefix):
     _run(embedded_stack, redis_prefix, check_compare_and_set, "dave")
+
+
+def test_redis_store_offer(embedded_stack, redis_prefix):
+    _run(embedded_stack, redis_prefix, check_offer, "erin")
