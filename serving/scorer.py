@@ -3,8 +3,10 @@
 ``OnnxScorer.load(bundle_dir, device)`` picks execution providers with ``select_providers``, creates
 the session, and reports in ``.provider`` the provider ONNX Runtime actually uses
 (``session.get_providers()[0]``), not the one asked for: onnxruntime-gpu lists CUDA as available even
-where the CUDA libraries are missing, and then runs on CPU (after logging an error of its own). Asking
-for "cuda" where CUDA cannot be used logs a warning and serves on CPU; it never fails the load. A model
+where the CUDA libraries are missing, and then runs on CPU (after logging an error of its own). "auto" on a
+machine without the NVIDIA driver (``libcuda.so.1`` does not load) asks for CPU only, so no such error is
+logged where there is no GPU at all. Asking for "cuda" where CUDA cannot be used logs a warning and serves on
+CPU; it never fails the load. A model
 whose inputs, outputs or metadata do not match v1 (or its bundle's manifest) is refused with
 ``ModelError``. A v2 model (``models_onnx.signature``) also takes per-candidate evidence
 (``cand_features``); its bundle's track stats are loaded into ``OnnxScorer.features``
@@ -19,6 +21,7 @@ Both paths take and return the same tensors. CUDA sessions run with TF32 off (``
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from collections import OrderedDict
@@ -59,16 +62,26 @@ DEVICES: Final = ("auto", "cuda", "cpu")
 CUDA_OPTIONS: Final = {"use_tf32": "0"}
 
 
-def select_providers(device: str, available: Sequence[str]) -> list[str]:
+def select_providers(device: str, available: Sequence[str], driver: bool = True) -> list[str]:
     """Execution providers to request for ``device`` given ONNX Runtime's ``available`` providers.
 
-    "cpu" -> CPU only; "auto" and "cuda" -> CUDA then CPU when CUDA is available, else CPU only.
+    "cpu" -> CPU only; "auto" and "cuda" -> CUDA then CPU when CUDA is available, else CPU only; "auto" without
+    the NVIDIA driver (``driver`` False) -> CPU only.
     """
     if device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    if device == "cpu" or CUDA not in available:
+    if device == "cpu" or CUDA not in available or (device == "auto" and not driver):
         return [CPU]
     return [CUDA, CPU]
+
+
+def nvidia_driver_present() -> bool:
+    """True if the NVIDIA driver's user-space library (``libcuda.so.1``) loads: without it no GPU can run."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -204,7 +217,8 @@ class OnnxScorer:
         path = Path(bundle_dir) / MODEL
         if not path.is_file():
             raise ModelError(f"model bundle {bundle_dir} has no {MODEL}: {train_hint(bundle_dir)}")
-        requested = select_providers(device, ort.get_available_providers())
+        available = ort.get_available_providers()
+        requested = select_providers(device, available, driver=CUDA not in available or nvidia_driver_present())
         if device == "cuda" and CUDA not in requested:
             log.warning("device=cuda but this onnxruntime has no CUDA provider; scoring on CPU")
         opts = ort.SessionOptions()

@@ -38,6 +38,11 @@ def test_select_providers(device: str, available: list[str], expected: list[str]
     assert select_providers(device, available) == expected
 
 
+def test_select_providers_without_the_driver_asks_cuda_only_when_told() -> None:
+    assert select_providers("auto", [CUDA, CPU], driver=False) == [CPU]
+    assert select_providers("cuda", [CUDA, CPU], driver=False) == [CUDA, CPU]  # asked for: tried, warned about
+
+
 def test_select_providers_rejects_unknown_device() -> None:
     with pytest.raises(ConfigError):
         select_providers("tpu", [CPU])
