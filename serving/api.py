@@ -1,7 +1,9 @@
 """The read and ingest HTTP API.
 
 * ``GET  /v1/users/{user_id}/recommendations`` latest recommendations from the store; rescored on demand when
-  the user has state but no cached list; for a user never seen, the cold-start ranking from the context prior
+  the user has state but no cached list, or when the cached list was made for a session that has ended (no event
+  for longer than the session gap: the next session starts from the long-term taste at the current hour, not
+  from the last session's vectors); for a user never seen, the cold-start ranking from the context prior
   (``?device=``, the hour) where the bundle has one, else the popularity fallback.
 * ``POST /v1/events`` one event or a JSON array of events, validated and sent to the events topic.
 * ``POST|DELETE /v1/users/{user_id}/steer`` steering by prompt (``serving.steer_api``).
@@ -33,6 +35,7 @@ from streams.metrics import Metrics
 from streams.pipeline import now_ms
 from streams.records import MALFORMED_JSON, Recommendations, encode_record
 from streams.sdk import EventProducer
+from streams.session import Dynamics, SessionState, session_ended, session_start_view
 from streams.stores import Store
 
 
@@ -88,9 +91,11 @@ def create_api(deps: ApiDeps) -> FastAPI:
         diversity: float | None = Query(None, ge=0.0, le=1.0),
     ) -> Response:
         try:
-            recs = await deps.store.get_recommendations(user_id)
+            state, recs = await deps.store.get_user(user_id)
             if recs is None:
                 recs = await _on_demand(deps, user_id, device)
+            elif state is not None and recs.session_id == state.session_id and _ended(deps, state):
+                recs = await _on_demand(deps, user_id, device, replace=True)  # made for a session that is over
         except StoreUnavailable as exc:
             raise HTTPException(status_code=503, detail=f"state store unavailable: {exc}") from exc
         if deps.editorial is not None:
@@ -148,22 +153,34 @@ def create_api(deps: ApiDeps) -> FastAPI:
     return api
 
 
+def _ended(deps: ApiDeps, state: SessionState) -> bool:
+    """True if the session of ``state`` is over now (no event for longer than the session gap)."""
+    return session_ended(state.last_ts_ms, now_ms(), Dynamics(gap_ms=int(deps.settings.session.gap_s * 1000)))
+
+
 async def _on_demand(deps: ApiDeps, user_id: str, device: str | None = None, replace: bool = False) -> Recommendations:
-    """Rank ``user_id`` now (cold start for a listener without a state) and offer the list to the store: kept only
-    while the state is still the one ranked (``Store.offer_recommendations``), so a fresher list the worker wrote
-    meanwhile is never overwritten; ``replace``: also over a list already stored (after a steer)."""
+    """Rank ``user_id`` now (cold start for a listener without a state; a session that has ended as its next one
+    starts, ``session_start_view``) and offer the list to the store: kept only while the state is still the one
+    ranked (``Store.offer_recommendations``), so a fresher list the worker wrote meanwhile is never overwritten;
+    ``replace``: also over a list already stored (after a steer, or the list of an ended session)."""
     (state,) = await deps.store.get_states([user_id])
     now = now_ms()
+    ended = state is not None and _ended(deps, state)
     if state is None and deps.bias is not None:  # a new user: context prior, popularity and any steer
         cat = deps.catalog
         ranking = await deps.bias.new_listener(user_id, device, now, deps.rescorer, cat.embeddings, cat.popularity)
     elif state is None:
         ranking = popularity_ranking(deps.catalog.popularity, deps.rescorer.n_recs)
     else:
-        view = state
+        view = session_start_view(state) if ended else state
         if deps.bias is not None:
-            (view,) = await deps.bias.apply([user_id], [state], [device], [now], now)
-        (ranking,) = deps.rescorer.rank([view], [now])
+            (view,) = await deps.bias.apply([user_id], [view], [device], [now], now)
+        prefs, rules = None, None
+        if deps.editorial is not None:  # as the worker ranks: the rules in force and the listener's own knob
+            rules = await deps.editorial.rules.current(now)
+            stored = (await deps.editorial.preferences.get_many([user_id]))[0]
+            prefs = [stored] if stored is not None else None
+        (ranking,) = deps.rescorer.rank([view], [now], prefs=prefs, rules=rules, users=[user_id])
     deps.metrics.recommendations.labels("fallback" if ranking.fallback else "model").inc()
     recs = to_record(
         user_id,
@@ -172,7 +189,7 @@ async def _on_demand(deps: ApiDeps, user_id: str, device: str | None = None, rep
         deps.catalog.model_version,
         deps.provider,
         generated_ms=now_ms(),
-        session_id=state.session_id if state is not None else "",
+        session_id=state.session_id if state is not None and not ended else "",
     )
     if state is not None:
         await deps.store.offer_recommendations([recs], [state.version], replace=replace)

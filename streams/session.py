@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import numpy as np
@@ -127,6 +127,31 @@ def opens_session(events: int, last_ts_ms: int, session_id: str, event: Event, d
     if events == 0 or (event.ts_ms - last_ts_ms) > dyn.gap_ms:
         return True
     return event.session_id is not None and session_id != "" and event.session_id != session_id
+
+
+def session_ended(last_ms: int, now_ms: int, dyn: Dynamics) -> bool:
+    """True if a session whose last event (or list) is at ``last_ms`` is over at ``now_ms`` (the gap rule)."""
+    return now_ms - last_ms > dyn.gap_ms
+
+
+def session_start_view(state: SessionState) -> SessionState:
+    """The state as the first ranking of its next session sees it: the session vectors, recent tracks and
+    counters cleared (what ``apply_event`` does when an event opens a session), the long-term taste kept. For
+    ranking only; never stored."""
+    zero = np.zeros_like(state.pos)
+    return replace(
+        state,
+        pos=zero,
+        neg=zero.copy(),
+        recent=(),
+        outcomes=(),
+        plays=0,
+        skips=0,
+        likes=0,
+        events=0,
+        last_outcome=-1,
+        session_id="",
+    )
 
 
 def event_weights(event: Event, outcome: int, dyn: Dynamics) -> tuple[float, float]:

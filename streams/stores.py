@@ -59,6 +59,10 @@ class Store(Protocol):
         """The latest recommendations for a user, or ``None``."""
         ...
 
+    async def get_user(self, user_id: str) -> tuple[SessionState | None, Recommendations | None]:
+        """A user's state and latest recommendations in one read (either may be ``None``)."""
+        ...
+
     async def put_recommendations(self, recs: Sequence[Recommendations], ranked: Sequence[Any] | None = None) -> None:
         """Replace the latest recommendations of each user in ``recs`` (users without a state are skipped).
 
@@ -130,6 +134,13 @@ class MemoryStore:
         raw = self._users.get(user_id)
         recs = unpack_user(raw)[2] if raw is not None else b""
         return self._codec.decode(user_id, recs) if recs else None
+
+    async def get_user(self, user_id: str) -> tuple[SessionState | None, Recommendations | None]:
+        raw = self._users.get(user_id)
+        if raw is None:
+            return None, None
+        _, state, recs = unpack_user(raw)
+        return decode_state(state), self._codec.decode(user_id, recs) if recs else None
 
     async def put_recommendations(self, recs: Sequence[Recommendations], ranked: Sequence[Any] | None = None) -> None:
         for k, r in enumerate(recs):
@@ -314,6 +325,18 @@ class RedisStore:
         pipe.get(self.user_key(user_id))
         (raw,) = await self._run("get_recommendations", pipe)
         recs = unpack_user(raw)[2] if raw is not None else b""  # type: ignore[arg-type]
+        return await self._decode_recs(user_id, recs)
+
+    async def get_user(self, user_id: str) -> tuple[SessionState | None, Recommendations | None]:
+        pipe = self._r.pipeline(transaction=False)
+        pipe.get(self.user_key(user_id))
+        (raw,) = await self._run("get_user", pipe)
+        if raw is None:
+            return None, None
+        _, state, recs = unpack_user(raw)  # type: ignore[arg-type]
+        return decode_state(state), await self._decode_recs(user_id, recs)
+
+    async def _decode_recs(self, user_id: str, recs: bytes) -> Recommendations | None:
         if not recs:
             return None
         codec = await self._codec_for(recs)

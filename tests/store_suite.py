@@ -31,8 +31,12 @@ async def check_store(store: Store, users: list[str]) -> None:
         model_version="m",
         provider="CPUExecutionProvider",
     )
+    assert (await store.get_user(users[0]))[1] is None
     await store.put_recommendations([recs])
     assert await store.get_recommendations(users[0]) == recs
+    state, got = await store.get_user(users[0])
+    assert got == recs and state is not None and encode_state(state) == encode_state(states[users[0]])
+    assert await store.get_user("nobody-at-all") == (None, None)
 
     newer = _state(99)
     await store.put_states({users[1]: newer})

@@ -17,9 +17,10 @@ from serving.retrieval import ExactRetriever
 from serving.scorer import OnnxScorer
 from serving.settings import ApiSettings
 from streams.metrics import Metrics
-from streams.records import Play, decode_event
+from streams.pipeline import now_ms
+from streams.records import Play, Recommendations, RecommendedTrack, decode_event
 from streams.sdk import EventProducer
-from streams.session import SessionState, apply_event
+from streams.session import SessionState, apply_event, session_start_view
 from streams.settings import RedisSettings, ScoringSettings
 from streams.stores import RedisStore
 from tests.integration.helpers import read_topic
@@ -58,7 +59,7 @@ def test_recommendations_health_and_metrics(api_parts):
 
         i = 5
         event = Play(
-            event_id="e1", user_id="alice", track_id=catalog.track_ids[i], ts_ms=1_763_900_000_000, played_ms=200_000
+            event_id="e1", user_id="alice", track_id=catalog.track_ids[i], ts_ms=now_ms() - 60_000, played_ms=200_000
         )
         state = apply_event(SessionState.empty(catalog.dim), event, i, catalog.embeddings[i])
         asyncio.run(_put(settings, state))
@@ -74,10 +75,59 @@ def test_recommendations_health_and_metrics(api_parts):
         assert total(text, "segue_recommendations_total", kind="fallback") >= 1
 
 
-async def _put(settings, state):
+async def _put(settings, state, recs=None):
     store = RedisStore.connect(settings.redis)
     await store.put_states({"alice": state})
+    if recs is not None:
+        await store.put_recommendations([recs])
     await store.close()
+
+
+def test_the_list_of_an_ended_session_is_reranked_for_the_next_one(api_parts):
+    """A list older than the session gap is the last session's: the next read ranks the session-start view (the
+    long-term taste at the current hour), stores it, and later reads serve it from the store."""
+    build, catalog, settings = api_parts
+    rescorer = Rescorer(
+        catalog.embeddings,
+        ExactRetriever(catalog.embeddings),
+        OnnxScorer.load(settings.scoring.model_dir, device="cpu"),
+        100,
+        10,
+    )
+    app, store = build()
+    then = now_ms() - 2 * 3600_000
+    state = SessionState.empty(catalog.dim)
+    for k, i in enumerate((3, 4, 5)):
+        e = Play(event_id=f"e{k}", user_id="alice", track_id=catalog.track_ids[i], ts_ms=then + k, played_ms=200_000)
+        state = apply_event(state, e, i, catalog.embeddings[i])
+    old = Recommendations(
+        user_id="alice",
+        items=[RecommendedTrack(catalog.track_ids[7], 1.0, 1)],
+        model_version=catalog.model_version,
+        provider="CPUExecutionProvider",
+        session_id=state.session_id,
+        generated_ms=then,
+    )
+    asyncio.run(_put(settings, state, old))
+    with TestClient(app) as client:
+        fresh = client.get("/v1/users/alice/recommendations").json()
+        assert fresh["session_id"] == "" and fresh["generated_ms"] > then + 3600_000
+        (expected,) = rescorer.rank([session_start_view(state)], [fresh["generated_ms"]])
+        assert [r["track_id"] for r in fresh["items"]] == [catalog.track_ids[int(t)] for t in expected.indices]
+        (with_session,) = rescorer.rank([state], [fresh["generated_ms"]])
+        assert list(expected.indices) != list(with_session.indices)  # the view is not the ended session
+        again = client.get("/v1/users/alice/recommendations").json()
+        assert again == fresh  # stored: the next read does not rank again
+
+    # the same list for a session still going on (its last event a minute ago) is served as stored
+    e = Play(event_id="e9", user_id="alice", track_id=catalog.track_ids[6], ts_ms=now_ms() - 60_000, played_ms=1000)
+    ongoing = apply_event(state, e, 6, catalog.embeddings[6])
+    current = Recommendations(
+        **{**{f: getattr(old, f) for f in old.__struct_fields__}, "session_id": ongoing.session_id}
+    )
+    asyncio.run(_put(settings, ongoing, current))
+    with TestClient(build()[0]) as client:
+        assert client.get("/v1/users/alice/recommendations").json()["items"][0]["track_id"] == catalog.track_ids[7]
 
 
 def test_ingest_validates_and_produces(api_parts, embedded_stack):

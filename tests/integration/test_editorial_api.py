@@ -141,3 +141,16 @@ def test_preferences_endpoints_and_the_per_request_knob(app_and_catalog):
 
         assert client.delete("/v1/users/bea/preferences", headers=AUTH).json()["deleted"] is True
         assert client.get("/v1/users/bea/preferences", headers=AUTH).status_code == 404
+
+
+def test_an_on_demand_list_follows_the_rules_in_force(app_and_catalog):
+    """A list the API ranks itself (a listener with a state and no list) is ranked as the worker ranks: a pin
+    in force is at its position."""
+    app, catalog, settings = app_and_catalog
+    _put_state(settings, "bea", _session(catalog, "bea", [5, 50, 90]))
+    pinned = catalog.track_ids[123]
+    rule = {"action": "pin", "target": "track", "value": pinned, "position": 3, "ttl_s": 600, "author": "ana"}
+    with TestClient(app) as client:
+        assert client.post("/v1/rules", json=rule, headers=AUTH).status_code == 201
+        items = client.get("/v1/users/bea/recommendations", headers=AUTH).json()["items"]
+        assert items[2]["track_id"] == pinned

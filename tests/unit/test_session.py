@@ -10,6 +10,8 @@ from streams.session import (
     context_features,
     is_duplicate,
     query_vector,
+    session_ended,
+    session_start_view,
 )
 from streams.state_codec import decode_state, encode_state
 
@@ -71,6 +73,28 @@ def test_gap_starts_a_new_session_but_keeps_taste():
     assert later.events == 1 and later.skips == 0 and later.recent == (2,)
     assert later.neg.sum() == 0 and later.taste[0] > 0
     assert later.session_start_ms == T0 + 2 * 3_600_000
+
+
+def test_session_start_view_is_what_the_next_session_starts_from():
+    s = run([play(0), skip(1, T0 + 1000), like(2, T0 + 2000)])
+    view = session_start_view(s)
+    assert not view.pos.any() and not view.neg.any() and view.recent == () and view.events == 0
+    assert np.array_equal(view.taste, s.taste) and view.version == s.version
+    later = T0 + 2 * 3_600_000
+    assert session_ended(s.last_ts_ms, later, Dynamics()) and not session_ended(s.last_ts_ms, T0 + 60_000, Dynamics())
+    # the next session's first event gives the same session state from the view as from the stored state
+    a, b = run([skip(3, later)], state=s), run([skip(3, later)], state=view)
+    for field in ("pos", "neg", "taste"):
+        assert np.array_equal(getattr(a, field), getattr(b, field)), field
+    assert (a.recent, a.outcomes, a.plays, a.skips, a.likes, a.events, a.last_outcome) == (
+        b.recent,
+        b.outcomes,
+        b.plays,
+        b.skips,
+        b.likes,
+        b.events,
+        b.last_outcome,
+    )
 
 
 def test_gap_is_configurable():
