@@ -8,7 +8,10 @@ Starts the embedded broker and Redis and a real worker process on the default bu
 listening history of a few earlier sessions sent through the stack, so that segue knows its long-term
 taste. Then one session: at each position the listener reads its current recommendations, plays the top one
 it has not heard this session, skips or likes it by its hidden taste and drifting mood, sends the event
-with the SDK and waits until the recommendations answer that event (``Recommendations.event_id``).
+with the SDK and waits until the recommendations answer that event (``Recommendations.event_id``). Lists are
+read through the API as apps read them (``GET /v1/users/{user}/recommendations``; the first read of a session
+finds the previous session's list and gets it re-ranked for the new session), or from Redis where an external
+worker runs without ``--api``.
 
 The same listeners (same seeds, same mood trajectories) also hear two recommenders computed in-process:
 ``static`` (segue's retrieval and model on a state with the session vectors and counters zeroed: long-term
@@ -53,7 +56,7 @@ from serving.scorer import OnnxScorer
 from serving.separation import artist_codes
 from streams.errors import SegueError, StackError
 from streams.sdk import EventProducer
-from streams.session import Dynamics, SessionState, apply_event
+from streams.session import Dynamics, SessionState, apply_event, session_ended, session_start_view
 from streams.settings import KafkaSettings, RedisSettings
 from streams.stores import RedisStore
 
@@ -302,10 +305,16 @@ class InProcessSegue:
         ]
 
     async def lists(self, seats: Sequence[Seat]) -> list[np.ndarray]:
-        now = [s.last_ts_ms for s in self.states]
+        # As the API serves a list: one made for a session that has ended is re-ranked from the session-start
+        # view at the listener's time (serving/api.py); otherwise the worker's list, ranked at the last event.
+        states, now = [], []
+        for state, seat in zip(self.states, seats, strict=True):
+            ended = session_ended(state.last_ts_ms, seat.ts_ms, self.model.dyn)
+            states.append(session_start_view(state) if ended else state)
+            now.append(seat.ts_ms if ended else state.last_ts_ms)
         if self.prefs is None:
-            return [r.indices for r in self.rescorer.rank(self.states, now)]
-        ranked = self.rescorer.rank(self.states, now, prefs=[self.prefs] * len(self.states), users=self.users)
+            return [r.indices for r in self.rescorer.rank(states, now)]
+        ranked = self.rescorer.rank(states, now, prefs=[self.prefs] * len(states), users=self.users)
         return [r.indices for r in ranked]
 
     async def observe(self, seats: Sequence[Seat], events: Sequence[dict[str, Any]]) -> None:
@@ -313,7 +322,8 @@ class InProcessSegue:
 
 
 class LiveSegue:
-    """segue itself: events go to the broker with the SDK, lists are read from Redis where the worker put them."""
+    """segue itself: events go to the broker with the SDK; lists are read through the API (``api``, as apps read
+    them) or, without one, from Redis where the worker put them."""
 
     name = "segue"
 
@@ -327,8 +337,9 @@ class LiveSegue:
         space: TrackSpace,
         prefs: Preferences | None = None,
         timeout_s: float = 60.0,
+        api: str | None = None,
     ) -> None:
-        self.prefs = prefs
+        self.prefs, self.api = prefs, api
         self.kafka, self.redis_settings, self.topic = kafka, redis, events_topic
         self.catalog, self.users, self.space = catalog, list(users), space
         self.timeout_s = timeout_s
@@ -337,10 +348,16 @@ class LiveSegue:
         self.served = 0
         self._producer: EventProducer | None = None
         self._store: RedisStore | None = None
+        self._http: Any = None
 
     async def __aenter__(self) -> LiveSegue:
         self._producer = EventProducer.connect(self.kafka, topic=self.topic, linger_ms=1)
         self._store = RedisStore.connect(self.redis_settings)
+        if self.api is not None:
+            import httpx
+
+            limits = httpx.Limits(max_connections=READ_CONCURRENCY)
+            self._http = httpx.AsyncClient(base_url=self.api, timeout=self.timeout_s, limits=limits)
         if self.prefs is not None:  # the per-user knob, which the worker applies from the next event on
             store = RedisPreferencesStore.connect(self.redis_settings)
             try:
@@ -355,6 +372,8 @@ class LiveSegue:
             self._producer.close()
         if self._store is not None:
             await self._store.close()
+        if self._http is not None:
+            await self._http.aclose()
 
     async def _records(self, rows: Sequence[int]) -> list[Any]:
         """The stored recommendations of the listeners in ``rows``, read through the store (concurrently)."""
@@ -405,15 +424,36 @@ class LiveSegue:
         await self._send_and_wait(events)
         self.waits_ms.clear()
 
+    async def _served(self, rows: Sequence[int]) -> list[tuple[bool, list[str]]]:
+        """(fallback, track ids) of the lists the API serves the listeners in ``rows`` (concurrently)."""
+        out: list[tuple[bool, list[str]]] = []
+
+        async def read(row: int) -> tuple[bool, list[str]]:
+            response = await self._http.get(f"/v1/users/{self.users[row]}/recommendations", params={"limit": 500})
+            if response.status_code != 200:
+                raise StackError(f"the API answered {response.status_code} for {self.users[row]}: {response.text}")
+            body = response.json()
+            return bool(body["fallback"]), [item["track_id"] for item in body["items"]]
+
+        rows = list(rows)
+        for k in range(0, len(rows), READ_CONCURRENCY):
+            out.extend(await asyncio.gather(*(read(i) for i in rows[k : k + READ_CONCURRENCY])))
+        return out
+
     async def lists(self, seats: Sequence[Seat]) -> list[np.ndarray]:
-        recs = await self._records(range(len(self.users)))
+        if self._http is not None:
+            served = await self._served(range(len(self.users)))
+        else:
+            served = []
+            for r in await self._records(range(len(self.users))):
+                if r is None:
+                    raise StackError("a listener has no recommendations in Redis although its events were answered")
+                served.append((r.fallback, [i.track_id for i in r.items]))
         out = []
-        for r in recs:
-            if r is None:
-                raise StackError("a listener has no recommendations in Redis although its events were answered")
+        for fallback, tracks in served:
             self.served += 1
-            self.fallbacks += int(r.fallback)
-            out.append(np.array([self.catalog.index[i.track_id] for i in r.items], dtype=np.int64))
+            self.fallbacks += int(fallback)
+            out.append(np.array([self.catalog.index[t] for t in tracks], dtype=np.int64))
         return out
 
     async def observe(self, seats: Sequence[Seat], events: Sequence[dict[str, Any]]) -> None:
@@ -519,6 +559,7 @@ class LoopConfig:
     curve_on: str = "inprocess"  # or "live"
     bootstrap: str | None = None  # external broker; None starts the embedded stack and a worker
     redis_url: str | None = None
+    api_url: str | None = None  # with an external broker: the API the lists are read through (None: Redis)
     key_prefix: str = "segue"
     events_topic: str = "segue.events"
     rescore_timeout_ms: float = 2000.0
@@ -532,6 +573,8 @@ class _Live:
         self.cfg = cfg
         self.stack: Any = None
         self.worker: Any = None
+        self.api: Any = None
+        self.api_url: str | None = cfg.api_url
         self.worker_metrics = ""
 
     def __enter__(self) -> _Live:
@@ -539,8 +582,9 @@ class _Live:
             self.kafka = KafkaSettings(bootstrap_servers=self.cfg.bootstrap)
             self.redis = RedisSettings(url=self.cfg.redis_url or RedisSettings().url, key_prefix=self.cfg.key_prefix)
             return self
-        from infra.services import WorkerService
+        from infra.services import ApiService, WorkerService
         from infra.stack import EmbeddedStack
+        from serving.settings import ApiSettings
         from streams.settings import ScoringSettings, WorkerSettings
         from streams.topics import ensure_topics
 
@@ -559,13 +603,21 @@ class _Live:
             ensure_topics(self.kafka, settings.topics)
             self.worker = WorkerService("worker", run_dir, settings)
             self.worker.start()
+            self.api = ApiService(
+                "api", run_dir, ApiSettings(kafka=self.kafka, redis=self.redis, scoring=settings.scoring)
+            )
+            self.api.start()
             self.worker.wait_ready(timeout_s=90)
+            self.api.wait_ready(timeout_s=90)
+            self.api_url = self.api.url
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.api is not None:
+            self.api.stop()
         if self.worker is not None:
             self.worker_metrics = self.worker.metrics()
             self.worker.stop()
@@ -593,7 +645,9 @@ async def evaluate(cfg: LoopConfig) -> dict[str, Any]:
     curve: list[ArmResult] = []
     live_info: dict[str, Any] = {}
     with _Live(cfg) as live:
-        seg = LiveSegue(live.kafka, live.redis, cfg.events_topic, model.catalog, users("segue"), space)
+        seg = LiveSegue(
+            live.kafka, live.redis, cfg.events_topic, model.catalog, users("segue"), space, api=live.api_url
+        )
         async with seg:
             arms["segue"] = await run_arm(seg, space, listeners, histories, seg.users, **common, progress=cfg.progress)
         waits = np.asarray(seg.waits_ms) if seg.waits_ms else np.zeros(1)
@@ -608,7 +662,14 @@ async def evaluate(cfg: LoopConfig) -> dict[str, Any]:
             name = f"knob{k}"
             if cfg.curve_on == "live":
                 rec: Any = LiveSegue(
-                    live.kafka, live.redis, cfg.events_topic, model.catalog, users(name), space, prefs=prefs
+                    live.kafka,
+                    live.redis,
+                    cfg.events_topic,
+                    model.catalog,
+                    users(name),
+                    space,
+                    prefs=prefs,
+                    api=live.api_url,
                 )
                 async with rec:
                     r = await run_arm(
@@ -724,6 +785,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--bootstrap", default=None, help="an external broker (a worker must consume it)")
     parser.add_argument("--redis-url", default=None, help="the external worker's Redis")
+    parser.add_argument(
+        "--api", default=None, help="with --bootstrap: the API to read lists through (default: read Redis directly)"
+    )
     parser.add_argument("--key-prefix", default="segue", help="the external worker's Redis key prefix")
     parser.add_argument("--events-topic", default="segue.events")
     parser.add_argument(
@@ -753,6 +817,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         curve_on=args.curve_on,
         bootstrap=args.bootstrap,
         redis_url=args.redis_url,
+        api_url=args.api,
         key_prefix=args.key_prefix,
         events_topic=args.events_topic,
         rescore_timeout_ms=args.rescore_timeout_ms,

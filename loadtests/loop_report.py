@@ -104,8 +104,9 @@ def trend_lines(h: dict[str, Any], late: int) -> list[str]:
         "### Skip rate over the session",
         "",
         "Differences in points, paired over the same listeners, 95% CI; slopes in points per 10 positions "
-        "(least squares over positions; negative: falling). Position 1 is served the list made at the end of the "
-        "listener's previous session.",
+        "(least squares over positions; negative: falling). Position 1 is the first read of a new session: the "
+        "stored list was made at the end of the listener's previous session, and the API re-ranks it for the new "
+        "one (long-term taste at the current hour; the in-process arms do the same).",
         "",
         f"| recommender | pos. {names[0]} | pos. {names[1]} | pos. {names[2]} | 1-3 minus {names[2]} | "
         f"{names[1]} minus {names[2]} | slope | slope from pos. 2 |",
@@ -263,7 +264,8 @@ def markdown(r: dict[str, Any]) -> str:
         w = lv["event_to_visible_ms"]
         lines += [
             f"Live loop round trip (all listeners' events of a position sent at once, then every list polled "
-            f"through the store until it answers its event; the harness's polling included, so not segue's "
+            f"through the store until it answers its event, lists read through the API; the harness's polling "
+            f"included, so not segue's "
             f"latency, which docs/benchmarks.md measures): p50 {w['p50']:.0f} ms, "
             f"p95 {w['p95']:.0f} ms, p99 {w['p99']:.0f} ms; "
             f"fallback (unscored) lists: {_pct(lv['fallback_share'])} of {lv['lists_read']} read.",
