@@ -158,6 +158,9 @@ def model_card(folds: dict[str, dict[str, Any]], summary: dict[str, Any]) -> str
             "## Split",
             "* `time`: per user, the earlier 80% of the time span trains, the rest is scored.",
             "* `users`: held-out users (never trained on); their first 80% of time is replayed history.",
+            "* The session model's own training rows in `users` mode (`--segue-holdout N`, default 5): the bundle "
+            "(embeddings, co-occurrence table, popularity, skip rates) learns from (N-1)/N of the training users, "
+            "the model trains on the plays of the other 1/N, so it learns to rank for listeners the bundle never saw.",
             "* Catalog = tracks played in the training plays only; targets outside it count as misses for all methods.",
             "",
             "## Metrics",
