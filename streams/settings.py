@@ -83,7 +83,11 @@ class ScoringSettings(BaseModel):
     """What rescoring does for each user, and within which budget."""
 
     model_dir: Path = DEFAULT_MODEL_DIR
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto",
+        description="auto: CUDA where onnxruntime-gpu and the NVIDIA driver are present, else CPU; cuda: CUDA or a "
+        "warning and CPU; cpu",
+    )
     candidates: int = Field(200, ge=1)
     retriever: Literal["auto", "exact", "ivf"] = Field(
         "auto",
