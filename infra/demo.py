@@ -13,6 +13,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -49,6 +50,16 @@ class Listener:
     last_top: list[str] = field(default_factory=list)
 
 
+# Set by Ctrl-C (or SIGTERM) while listeners play: the loop ends between two events and the services are stopped
+# in order. An interrupt raised at an arbitrary point (inside the Kafka client, say) could leave one of its locks
+# held and hang the shutdown.
+STOP = threading.Event()
+
+
+def _request_stop(signum: int, frame: object) -> None:
+    STOP.set()
+
+
 def get_json(url: str, timeout_s: float = 2.0) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - loopback only
@@ -77,7 +88,7 @@ def wait_fresh(api: str, user: str, event_id: str, timeout_s: float = 3.0) -> tu
     """Poll the API until the user's recommendations answer ``event_id``; return them and the wait."""
     start = time.perf_counter()
     deadline = start + timeout_s
-    while time.perf_counter() < deadline:
+    while time.perf_counter() < deadline and not STOP.is_set():
         recs = get_json(f"{api}/v1/users/{user}/recommendations?limit=5")
         if recs and recs.get("event_id") == event_id:
             return recs, time.perf_counter() - start
@@ -141,12 +152,36 @@ def listen(
         sim = world.listener(i)
         listeners.append(Listener(sim, sim.session_mood(now, rng), f"{sim.user_id}-{now}"))
     featured = {lst.sim.user_id for lst in listeners[: args.featured]}
+    started = time.perf_counter()
+    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        sent = play(args, world, stack, worker, api, rng, listeners, featured)
+    finally:
+        for sig, handler in previous.items():  # a second Ctrl-C during the shutdown interrupts it
+            signal.signal(sig, handler)
+    time.sleep(0.5)
+    print(summary(worker, sent, time.perf_counter() - started))
+    return 0
+
+
+def play(
+    args: argparse.Namespace,
+    world: SyntheticWorld,
+    stack: EmbeddedStack,
+    worker: WorkerService,
+    api: str,
+    rng: np.random.Generator,
+    listeners: list[Listener],
+    featured: set[str],
+) -> int:
+    """The listeners take turns at ``args.rate`` until the duration is over or a stop is requested; returns how
+    many events were sent."""
     interval = 1.0 / args.rate
     started = time.perf_counter()
     last_summary = started
     sent = 0
     with EventProducer.connect(stack.kafka, linger_ms=1) as producer:
-        while args.duration <= 0 or time.perf_counter() - started < args.duration:
+        while not STOP.is_set() and (args.duration <= 0 or time.perf_counter() - started < args.duration):
             lst = listeners[sent % len(listeners)]
             user = lst.sim.user_id
             recs = get_json(f"{api}/v1/users/{user}/recommendations?limit=20") if lst.heard else None
@@ -174,14 +209,12 @@ def listen(
                     f"{user}  {EVENT_LABEL[event['type']]:4} {describe(world, track):24} -> next: {shown}"
                     f"   [{new} of top 5 new, seen by the app after {waited * 1000:.0f} ms]"
                 )
-            time.sleep(max(0.0, started + sent * interval - time.perf_counter()))
+            STOP.wait(max(0.0, started + sent * interval - time.perf_counter()))
             if time.perf_counter() - last_summary >= args.summary_every:
                 last_summary = time.perf_counter()
                 print(summary(worker, sent, last_summary - started))
         producer.flush()
-    time.sleep(0.5)
-    print(summary(worker, sent, time.perf_counter() - started))
-    return 0
+    return sent
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,7 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        return run(args)
+        code = run(args)
+        if STOP.is_set():
+            print("\nstopped; the broker, Redis, worker and API are shut down.")
+        return code
     except KeyboardInterrupt:
         print("\nstopped; the broker, Redis, worker and API are shut down.")
         return 0
