@@ -201,6 +201,8 @@ def play(
             if user in featured:
                 producer.flush()
                 fresh, waited = wait_fresh(api, user, event["event_id"])
+                if STOP.is_set():
+                    break
                 top = [item["track_id"] for item in fresh["items"]] if fresh else []
                 new = len(set(top) - set(lst.last_top)) if lst.last_top else len(top)
                 lst.last_top = top or lst.last_top
