@@ -132,7 +132,12 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"ready: metrics at {worker.metrics_url}, recommendations at {api.url}/v1/users/<user>/recommendations"
             )
-            return listen(args, world, stack, worker, api.url, rng)
+            previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                return listen(args, world, stack, worker, api.url, rng)
+            finally:  # a second Ctrl-C during the shutdown interrupts it
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
         finally:
             api.stop()
             worker.stop()
@@ -146,36 +151,13 @@ def listen(
     api: str,
     rng: np.random.Generator,
 ) -> int:
+    """The listeners take turns at ``args.rate`` until the duration is over or a stop is requested (``STOP``)."""
     now = time.time_ns() // 1_000_000
     listeners = []
     for i in range(args.listeners):
         sim = world.listener(i)
         listeners.append(Listener(sim, sim.session_mood(now, rng), f"{sim.user_id}-{now}"))
     featured = {lst.sim.user_id for lst in listeners[: args.featured]}
-    started = time.perf_counter()
-    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        sent = play(args, world, stack, worker, api, rng, listeners, featured)
-    finally:
-        for sig, handler in previous.items():  # a second Ctrl-C during the shutdown interrupts it
-            signal.signal(sig, handler)
-    time.sleep(0.5)
-    print(summary(worker, sent, time.perf_counter() - started))
-    return 0
-
-
-def play(
-    args: argparse.Namespace,
-    world: SyntheticWorld,
-    stack: EmbeddedStack,
-    worker: WorkerService,
-    api: str,
-    rng: np.random.Generator,
-    listeners: list[Listener],
-    featured: set[str],
-) -> int:
-    """The listeners take turns at ``args.rate`` until the duration is over or a stop is requested; returns how
-    many events were sent."""
     interval = 1.0 / args.rate
     started = time.perf_counter()
     last_summary = started
@@ -216,7 +198,9 @@ def play(
                 last_summary = time.perf_counter()
                 print(summary(worker, sent, last_summary - started))
         producer.flush()
-    return sent
+    time.sleep(0.5)
+    print(summary(worker, sent, time.perf_counter() - started))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
