@@ -93,9 +93,9 @@ def create_api(deps: ApiDeps) -> FastAPI:
         try:
             state, recs = await deps.store.get_user(user_id)
             if recs is None:
-                recs = await _on_demand(deps, user_id, device)
+                recs = await _rank_and_offer(deps, user_id, state, device)
             elif state is not None and recs.session_id == state.session_id and _ended(deps, state):
-                recs = await _on_demand(deps, user_id, device, replace=True)  # made for a session that is over
+                recs = await _rank_and_offer(deps, user_id, state, device, replace=True)  # its session is over
         except StoreUnavailable as exc:
             raise HTTPException(status_code=503, detail=f"state store unavailable: {exc}") from exc
         if deps.editorial is not None:
@@ -164,6 +164,13 @@ async def _on_demand(deps: ApiDeps, user_id: str, device: str | None = None, rep
     ranked (``Store.offer_recommendations``), so a fresher list the worker wrote meanwhile is never overwritten;
     ``replace``: also over a list already stored (after a steer, or the list of an ended session)."""
     (state,) = await deps.store.get_states([user_id])
+    return await _rank_and_offer(deps, user_id, state, device, replace)
+
+
+async def _rank_and_offer(
+    deps: ApiDeps, user_id: str, state: SessionState | None, device: str | None = None, replace: bool = False
+) -> Recommendations:
+    """``_on_demand`` with the user's state already read."""
     now = now_ms()
     ended = state is not None and _ended(deps, state)
     if state is None and deps.bias is not None:  # a new user: context prior, popularity and any steer

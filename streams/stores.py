@@ -320,20 +320,21 @@ class RedisStore:
         results = await self._run("put_states", pipe)
         return {u for u, ok in zip(users, results, strict=True) if not ok}
 
-    async def get_recommendations(self, user_id: str) -> Recommendations | None:
+    async def _get_user_value(self, op: str, user_id: str) -> bytes | None:
         pipe = self._r.pipeline(transaction=False)
         pipe.get(self.user_key(user_id))
-        (raw,) = await self._run("get_recommendations", pipe)
-        recs = unpack_user(raw)[2] if raw is not None else b""  # type: ignore[arg-type]
-        return await self._decode_recs(user_id, recs)
+        (raw,) = await self._run(op, pipe)
+        return raw  # type: ignore[return-value]
+
+    async def get_recommendations(self, user_id: str) -> Recommendations | None:
+        raw = await self._get_user_value("get_recommendations", user_id)
+        return await self._decode_recs(user_id, unpack_user(raw)[2] if raw is not None else b"")
 
     async def get_user(self, user_id: str) -> tuple[SessionState | None, Recommendations | None]:
-        pipe = self._r.pipeline(transaction=False)
-        pipe.get(self.user_key(user_id))
-        (raw,) = await self._run("get_user", pipe)
+        raw = await self._get_user_value("get_user", user_id)
         if raw is None:
             return None, None
-        _, state, recs = unpack_user(raw)  # type: ignore[arg-type]
+        _, state, recs = unpack_user(raw)
         return decode_state(state), await self._decode_recs(user_id, recs)
 
     async def _decode_recs(self, user_id: str, recs: bytes) -> Recommendations | None:
