@@ -54,7 +54,7 @@ class EvalConfig:
     history: int = 500
     neighbours: int = 200
     segue_holdout: int = 5
-    segue_holdout_modes: tuple[str, ...] = ("users",)
+    segue_holdout_modes: tuple[str, ...] = ("time", "users")
 
 
 def _timed(fn: Callable[[], Any], timings: dict[str, float], key: str) -> Any:
@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         help="N >= 2: the segue model trains on plays its bundle never learnt from (users mode: 1/N of the training "
         "listeners; time mode: each listener's last plays); 0: off",
     )
-    p.add_argument("--segue-holdout-modes", default="users", help="comma-separated modes where --segue-holdout applies")
+    p.add_argument(
+        "--segue-holdout-modes", default="time,users", help="comma-separated modes where --segue-holdout applies"
+    )
     p.add_argument("--no-gru", action="store_true")
     p.add_argument("--no-segue", action="store_true")
     p.add_argument("--no-progress", action="store_true")

@@ -10,16 +10,17 @@
    history before it with ``serving.features.listener_history`` (``HistoryCache``).
 3. Fit ``models_onnx.realscorer.FeatureScorer`` (signature v2, ``fit_real``) on each training user's last
    plays: a softmax of the next track against negatives from the candidates serving would rescore
-   (``replay_training``: ``CandidateSource.fixed``: the session's played tracks, co-occurrence neighbours, the
-   listener's recent distinct tracks; the hard ones from the head of that list) and tracks drawn by
-   popularity^0.75 (standing in for retrieval), every candidate with its ``FeatureBuilder.build`` evidence;
-   a binary cross-entropy of the ``keep`` head for "played through" (also on targets shown as unknown tracks).
+   (``replay_training``: ``CandidateSource.fixed``: the session's played then skipped tracks, co-occurrence
+   neighbours, the listener's recent distinct tracks (the session's older plays first); the hard ones from the
+   head of that list) and tracks drawn by popularity^0.75 (standing in for retrieval), every candidate with its
+   ``FeatureBuilder.build`` evidence; a binary cross-entropy of the ``keep`` head for "played through" (also on
+   targets shown as unknown tracks).
 4. Export with ``models_onnx.export.export_model`` (checker + ONNX/torch parity of both outputs) and write a
    signature-2 bundle with ``features.npz``.
 5. Evaluate through serving: ``serving.catalog.Catalog.load`` + ``serving.scorer.OnnxScorer.load`` (which
    loads the track stats into ``OnnxScorer.features``) + ``serving.rescore.Rescorer`` with
-   ``serving.candidates.CandidateSource`` (session repeats, ``neighbours`` co-occurrence neighbours, the
-   listener's ``history`` most recent distinct tracks, retrieval by ``query_vector`` filling up to
+   ``serving.candidates.CandidateSource`` (session repeats and skipped tracks, ``neighbours`` co-occurrence
+   neighbours, the listener's ``history`` most recent distinct tracks, retrieval by ``query_vector`` filling up to
    ``n_candidates``), then ONNX rescoring with the features. Tracks outside the candidates rank after them in
    retrieval order; the session's recent tracks that were not candidates rank last. The candidate list's own
    order is reported too, as a baseline without the model. P(skip) = 1 - sigmoid(keep) of the played track.
@@ -71,6 +72,7 @@ N_ANY_NEG = 16  # ... from the rest of the fixed candidates
 N_POP_NEG = 12  # ... drawn by popularity^0.75 (standing in for retrieval)
 KEEP_WEIGHT = 0.0  # served score = next + KEEP_WEIGHT * keep logit (models_onnx.realscorer.FeatureScorer)
 NEIGHBOURS = 50  # co-occurrence neighbours per track in the bundle
+LOG_Q = True  # the sampled softmax corrects for how often each candidate is drawn (``sample_log_q``)
 UNKNOWN_SHARE = 0.25  # of each batch's targets, also shown to the skip head as tracks outside the catalog
 
 
@@ -148,6 +150,7 @@ class TrainRows:
     kept: np.ndarray  # float32 [R]: 1 if the target was played through
     cand: np.ndarray  # int64 [R, C]: the target, then negatives (serving's candidates, popular tracks), -1 pad
     feats: np.ndarray  # float16 [R, C, F]: their candidate features (serving.features.FeatureBuilder)
+    log_q: np.ndarray  # float32 [R, C]: log of each candidate's expected draws as a negative (``sample_log_q``)
 
     def __len__(self) -> int:
         return int(self.target.shape[0])
@@ -198,6 +201,25 @@ def _negatives(fixed: list[int], t: int, rng: np.random.Generator) -> list[int]:
     return np.concatenate(pick).tolist() if pick else []
 
 
+def sample_log_q(fixed: list[int], t: int, row: list[int], k: int) -> np.ndarray:
+    """float32 [len(row)]: log of how often each track of ``row`` (the target, then the negatives) is drawn
+    as a negative per training row under ``_negatives`` and the popularity draws: a place in the head of the
+    fixed candidates (target left out) ``N_TOP_NEG / head``, in the rest ``N_ANY_NEG / rest``, anything else
+    one of the ``k - len(fixed)`` retrieval places filled by ``N_POP_NEG`` draws. Training subtracts it from
+    the logits (the logQ correction of a sampled softmax): without it the head of the list, drawn as a
+    negative at nearly every row, is pushed below where the full candidate softmax would put it."""
+    others = [c for c in fixed if c != t]
+    top, rest = others[:TOP_PLACES], others[TOP_PLACES:]
+    q_top = min(N_TOP_NEG, max(len(top), 1)) / max(len(top), 1)  # 1 where the head is empty (the target alone)
+    q_rest = min(N_ANY_NEG, max(len(rest), 1)) / max(len(rest), 1)
+    q_ret = min(1.0, N_POP_NEG / max(k - len(fixed), 1))
+    place = {c: q_top for c in top} | {c: q_rest for c in rest}
+    if t in fixed:  # the target as it would be drawn: at its own place
+        i = fixed.index(t)
+        place[t] = q_top if i < TOP_PLACES else q_rest
+    return np.log(np.asarray([place.get(c, q_ret) for c in row], np.float64)).astype(np.float32)
+
+
 def replay_training(
     fold: Fold,
     emb: np.ndarray,
@@ -226,6 +248,7 @@ def replay_training(
     ctx = np.empty((n_rows, N_CONTEXT), np.float32)
     cand = np.full((n_rows, width), -1, np.int64)
     feats = np.zeros((n_rows, width, N_CANDIDATE_FEATURES), np.float16)
+    log_q = np.zeros((n_rows, width), np.float32)
     pops = rng.choice(len(emb), size=(n_rows, N_POP_NEG), p=neg_p)
     pending: list[tuple[int, SessionState, ListenerHistory]] = []
     histories = HistoryCache()
@@ -240,9 +263,11 @@ def replay_training(
         ctx[i] = context_features(st, int(fold.train.ts_ms[r]))
         hist = histories.get(items, skips, int(first[r]), r, r - int(fold.train.pos[r]))
         t = int(items[r])
-        negs = _negatives(source.fixed(st, hist)[:k], t, rng)
+        fixed = source.fixed(st, hist)[:k]
+        negs = _negatives(fixed, t, rng)
         row = [t, *negs, *pops[i].tolist()]
         cand[i, : len(row)] = row
+        log_q[i, : len(row)] = sample_log_q(fixed, t, row, k)
         pending.append((i, st, hist))
         if len(pending) == 512:
             flush()
@@ -254,7 +279,8 @@ def replay_training(
         rate = builder.stats.skip_rate[t].astype(np.float64)
         out = (rate * (c + SKIP_PRIOR_WEIGHT) - y) / np.maximum(c - 1.0 + SKIP_PRIOR_WEIGHT, 1e-9)
         feats[:, 0, CANDIDATE_FEATURES.index("track_skip_rate")] = out
-    return TrainRows(pos, neg, taste, ctx, items[rows].astype(np.int64), (~skips[rows]).astype(np.float32), cand, feats)
+    kept = (~skips[rows]).astype(np.float32)
+    return TrainRows(pos, neg, taste, ctx, items[rows].astype(np.int64), kept, cand, feats, log_q)
 
 
 def fit_real(
@@ -282,6 +308,7 @@ def fit_real(
     bad[:, 0] = False
     tensors = [torch.from_numpy(a) for a in (data.pos, data.neg, data.taste, data.context)]
     cand_t, bad_t = torch.from_numpy(np.maximum(data.cand, 0)), torch.from_numpy(bad)
+    log_q_t = torch.from_numpy(data.log_q if LOG_Q else np.zeros_like(data.log_q))
     feats_t, kept_t = torch.from_numpy(data.feats), torch.from_numpy(data.kept)
     unknown_t = torch.from_numpy(as_unknown(data.feats[:, :1], skip_prior))  # [R, 1, F]
     last = float("nan")
@@ -293,7 +320,7 @@ def fit_real(
         for s in range(0, len(order), batch):
             rows = torch.from_numpy(order[s : s + batch])
             nxt, keep = model.heads(*(t[rows] for t in tensors), items_t[cand_t[rows]], feats_t[rows].float())
-            score = (nxt + model.keep_weight * keep).masked_fill(bad_t[rows], -1e9)  # the served score [b, C]
+            score = (nxt + model.keep_weight * keep - log_q_t[rows]).masked_fill(bad_t[rows], -1e9)  # served - log q
             loss = torch.nn.functional.cross_entropy(score, torch.zeros(len(rows), dtype=torch.long))
             loss = loss + bce(keep[:, 0], kept_t[rows])
             # Tracks outside the catalog are played too (15-37% of test plays): the skip head learns them from
@@ -351,7 +378,7 @@ def train_bundle(fold: Fold, out: Path, dim: int, cfg: Any) -> dict[str, Any]:
     builder = FeatureBuilder(stats)
     source = CandidateSource(
         emb, ExactRetriever(emb), repeats=True, history=int(cfg.history), neighbours=builder,
-        n_neighbours=int(cfg.neighbours),
+        n_neighbours=int(cfg.neighbours), skipped=True,
     )  # fmt: skip
     q = n_plays.astype(np.float64) ** 0.75
     data = replay_training(
@@ -399,7 +426,9 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
     assert builder is not None  # a signature-2 bundle
     emb = catalog.embeddings
     retriever = ExactRetriever(emb)
-    source = CandidateSource(emb, retriever, repeats=True, history=h, neighbours=builder, n_neighbours=nn_)
+    source = CandidateSource(
+        emb, retriever, repeats=True, history=h, neighbours=builder, n_neighbours=nn_, skipped=True
+    )  # fmt: skip
     rescorer = Rescorer(emb, retriever, scorer, n_candidates=k, n_recs=k, candidates=source)
     ranks = np.empty(len(p))
     order_ranks = np.empty(len(p))  # the candidate list as CandidateSource orders it, without the model
@@ -468,15 +497,15 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
         flush()
     note = (
         f"served bundle {scorer.model_version} (signature {scorer.signature}) via OnnxScorer ({scorer.provider}) + "
-        f"Rescorer with CandidateSource: the session's played tracks, {nn_} co-occurrence neighbours of the "
-        f"session's last tracks, the listener's {h} most recent distinct tracks, retrieval by query_vector "
+        f"Rescorer with CandidateSource: the session's played then skipped tracks, {nn_} co-occurrence neighbours "
+        f"of the session's last tracks, the listener's {h} most recent distinct tracks, retrieval by query_vector "
         f"up to {k} candidates; ONNX rescoring; other tracks after, in retrieval order; the target is among the "
         f"candidates at {np.mean(ranks <= k):.1%} of the positions"
     )
     order_note = (
-        f"no model: the session's played tracks, then {nn_} co-occurrence neighbours of the session's last tracks, "
-        f"then the listener's {h} most recent distinct tracks, then retrieval by query_vector, in the order "
-        f"CandidateSource hands them to the model"
+        f"no model: the session's played then skipped tracks, then {nn_} co-occurrence neighbours of the session's "
+        f"last tracks, then the listener's {h} most recent distinct tracks, then retrieval by query_vector, in the "
+        f"order CandidateSource hands them to the model"
     )
     return [
         next_result("serving candidates in list order", order_ranks, p, boot, note=order_note),

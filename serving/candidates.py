@@ -3,7 +3,10 @@
 Four sources, merged in this order without duplicates, ``k`` tracks per user:
 
 1. repeats (``repeats=True``): the session's recent tracks that were played or liked (not skipped),
-   most recent first: real listeners replay what they just heard;
+   most recent first: real listeners replay what they just heard; with ``skipped=True`` as well the
+   session's skipped tracks after them (offline replays of real histories, where a "skip" is any play
+   under 30 s and the same track often follows its own interrupted play; online a skip means no, so the
+   worker leaves them out);
 2. co-occurrence neighbours (``neighbours`` given and ``n_neighbours > 0``): the tracks that co-occur in
    training sessions with the session's last tracks (``serving.features.FeatureBuilder.session_neighbours``,
    the bundle's neighbour table, a session-kNN-like score), best first;
@@ -28,17 +31,21 @@ from serving.retrieval import Retriever
 from streams.session import SKIPPED, SessionState
 
 
-def session_repeats(state: SessionState) -> list[int]:
-    """The session's recent tracks that were not skipped (last outcome counts), most recent first, distinct."""
+def session_repeats(state: SessionState, skipped: bool = False) -> list[int]:
+    """The session's recent tracks that were not skipped (last outcome counts), most recent first, distinct;
+    with ``skipped`` the skipped ones after them, most recent first."""
     seen: set[int] = set()
     out: list[int] = []
+    later: list[int] = []
     for track, outcome in zip(reversed(state.recent), reversed(state.outcomes), strict=True):
         if track in seen:
             continue
         seen.add(track)
         if outcome != SKIPPED:
             out.append(track)
-    return out
+        elif skipped:
+            later.append(track)
+    return out + later
 
 
 class CandidateSource:
@@ -52,6 +59,7 @@ class CandidateSource:
         history: int = 0,
         neighbours: FeatureBuilder | None = None,
         n_neighbours: int = 0,
+        skipped: bool = False,
     ) -> None:
         if history < 0 or n_neighbours < 0:
             raise ValueError(f"history and n_neighbours must be >= 0, got {history}, {n_neighbours}")
@@ -60,11 +68,12 @@ class CandidateSource:
         self._items = embeddings  # float32 [N, D]
         self._retriever = retriever
         self.repeats = repeats
+        self.skipped = skipped
         self.history = history
 
     def fixed(self, state: SessionState, history: Sequence[int] | None) -> list[int]:
         """The candidates that precede retrieval for one user: repeats, neighbours, then history tracks."""
-        fixed = session_repeats(state) if self.repeats else []
+        fixed = session_repeats(state, self.skipped) if self.repeats else []
         taken = set(fixed)
         if self.n_neighbours and self._neighbours is not None:
             for t in self._neighbours.session_neighbours(state, self.n_neighbours):

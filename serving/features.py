@@ -29,7 +29,7 @@ _F = {name: i for i, name in enumerate(CANDIDATE_FEATURES)}
 class ListenerHistory:
     """A listener's earlier plays: distinct tracks most recent first with their play counts, and totals.
 
-    ``tracks`` are those played before the current session (the session's own are in the session state).
+    ``tracks``: those played before the current row, the session's own first.
     Iterating yields the tracks (so it serves as ``histories[b]`` of ``serving.candidates.CandidateSource``).
     ``follows``/``follow_weights``: the tracks that followed the session's last known track within 3 plays
     in the history window (weights 1/distance, summed); ``last_skip`` and ``session_skips``/``session_plays``
@@ -65,6 +65,26 @@ def distinct_recent(items: np.ndarray, lo: int, hi: int, n: int) -> tuple[np.nda
     return uniq[order], counts[order]
 
 
+def prepend_recent(
+    before: tuple[np.ndarray, np.ndarray], items: np.ndarray, lo: int, hi: int, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``distinct_recent`` of ``items[..:hi]`` from ``before`` (that of the plays before ``lo``) and the plays
+    ``items[lo:hi]``: their distinct tracks first, counts summed, at most ``n``."""
+    if hi <= lo:
+        return before[0][:n], before[1][:n]
+    new, new_counts = distinct_recent(items, lo, hi, n)
+    if not len(new):
+        return before[0][:n], before[1][:n]
+    old, old_counts = before
+    dup = np.isin(old, new)
+    if dup.any():
+        new_counts = new_counts.copy()
+        at = {int(t): i for i, t in enumerate(new.tolist())}
+        for t, c in zip(old[dup].tolist(), old_counts[dup].tolist(), strict=True):
+            new_counts[at[t]] += c
+    return np.concatenate([new, old[~dup]])[:n], np.concatenate([new_counts, old_counts[~dup]])[:n]
+
+
 def listener_history(
     items: np.ndarray,
     skips: np.ndarray,
@@ -77,12 +97,14 @@ def listener_history(
 ) -> ListenerHistory:
     """The history before row ``r`` of one user whose rows start at ``start`` (``items`` vocabulary index, -1
     unknown; ``skips`` bool) and whose current session starts at row ``session_start``: at most ``n``
-    distinct tracks of the ``window`` plays before the session (``distinct``: that pair when the caller already
-    has it from ``distinct_recent``), the skip totals of all earlier plays and of the session so far, and what
-    followed the session's last known track in the window."""
+    distinct tracks of the ``window`` plays before the session and of the session's plays before ``r``
+    (the session's first: the session state keeps only its last tracks; ``distinct``: the pair of the plays
+    before the session when the caller already has it from ``distinct_recent``), the skip totals of all
+    earlier plays and of the session so far, and what followed the session's last known track in the window."""
     s0 = max(start, session_start)
     lo = max(start, s0 - window)
-    tracks, counts = distinct if distinct is not None else distinct_recent(items, lo, s0, n)
+    before = distinct if distinct is not None else distinct_recent(items, lo, s0, n)
+    tracks, counts = prepend_recent(before, items, s0, r, n)
     follows, weights = np.zeros(0, np.int64), np.zeros(0, np.float64)
     session = items[s0:r]
     session = session[session >= 0]

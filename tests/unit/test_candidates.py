@@ -62,6 +62,19 @@ def test_repeats_and_history_come_first_then_retrieval_without_duplicates() -> N
     np.testing.assert_allclose(sims, np.einsum("bkd,bd->bk", items[idx], q), rtol=1e-5, atol=1e-6)
 
 
+def test_skipped_session_tracks_follow_the_repeats_only_when_asked() -> None:
+    items = _items()
+    # 2 skipped then played: a repeat; 5 played then skipped: its last outcome counts
+    state = _state(items, [(1, False), (2, True), (5, False), (3, True), (2, False), (5, True)])
+    q = query_vector(state)[None]
+    assert session_repeats(state) == [2, 1]
+    assert session_repeats(state, skipped=True) == [2, 1, 5, 3]
+    idx, _ = CandidateSource(items, ExactRetriever(items), repeats=True, skipped=True).generate([state], q, 8)
+    assert idx[0, :4].tolist() == [2, 1, 5, 3] and len(set(idx[0].tolist())) == 8
+    idx, _ = CandidateSource(items, ExactRetriever(items), repeats=True).generate([state], q, 8)
+    assert 5 not in idx[0] and 3 not in idx[0]
+
+
 def test_without_repeats_history_tracks_of_the_session_are_still_offered() -> None:
     items = _items()
     states = [_state(items, [(1, False)])]

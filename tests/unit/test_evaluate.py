@@ -208,3 +208,24 @@ def test_test_dir_mode_end_to_end(tmp_path: Path) -> None:
     assert scorer.signature == 2 and scorer.features is not None  # the worker's scorer loads it unchanged
     z = np.zeros((1, catalog.dim), np.float32)
     assert scorer.score(z, z, z, np.zeros((1, 8), np.float32), catalog.embeddings[None, :5]).shape == (1, 5)
+
+
+def test_sampled_softmax_correction_follows_how_often_each_candidate_is_drawn() -> None:
+    from models_onnx.realmodel import N_ANY_NEG, N_POP_NEG, N_TOP_NEG, TOP_PLACES, _negatives, sample_log_q
+
+    fixed = list(range(100, 100 + TOP_PLACES + 40))  # the head, then 40 more
+    t = fixed[3]
+    k = 1000
+    negs = _negatives(fixed, t, np.random.default_rng(0))
+    row = [t, *negs, 7, 8]  # 7, 8: popularity draws (retrieval places)
+    got = np.exp(sample_log_q(fixed, t, row, k))
+    head = N_TOP_NEG / TOP_PLACES  # the head of the list without the target
+    assert got[0] == pytest.approx(head)
+    assert np.allclose(got[1 : 1 + N_TOP_NEG], head)
+    assert np.allclose(got[1 + N_TOP_NEG : 1 + N_TOP_NEG + N_ANY_NEG], N_ANY_NEG / 39)  # 99 others: 60 head, 39 rest
+    assert np.allclose(got[-2:], N_POP_NEG / (k - len(fixed)))
+    # draws are counted, not the realised sample: the head is drawn far more often than a later place
+    assert got[1] > 10 * got[-1]
+    # a target outside the fixed list is at a retrieval place; a lone target never gets log 0
+    assert np.exp(sample_log_q(fixed, 5, [5], k))[0] == pytest.approx(N_POP_NEG / (k - len(fixed)))
+    assert np.isfinite(sample_log_q([5], 5, [5], k)).all()

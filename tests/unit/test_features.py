@@ -80,7 +80,11 @@ def test_listener_history_counts_every_play_and_what_followed_the_last_track() -
     items = np.array([3, 4, 5, 3, 4, -1, 7, 3])  # one user; the current session starts at row 6
     skips = np.array([0, 1, 0, 0, 0, 1, 0, 0], bool)
     h = listener_history(items, skips, 0, 8, n=10, session_start=6)
-    assert h.tracks.tolist() == [4, 3, 5] and h.counts.tolist() == [2, 2, 1]  # before the session only
+    # the session's own plays first (7, 3), then the plays before it; 3's count is over both
+    assert h.tracks.tolist() == [3, 7, 4, 5] and h.counts.tolist() == [3, 1, 2, 1]
+    assert listener_history(items, skips, 0, 8, n=2, session_start=6).tracks.tolist() == [3, 7]
+    before = listener_history(items, skips, 0, 6, n=10, session_start=6)
+    assert before.tracks.tolist() == [4, 3, 5] and before.counts.tolist() == [2, 2, 1]
     assert h.plays == 8 and h.skips == 2 and not h.last_skip and h.session_plays == 2
     h7 = listener_history(items, skips, 0, 6, n=10, session_start=6)
     assert h7.last_skip  # the previous play, a track outside the catalog, was skipped
