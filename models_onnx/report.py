@@ -142,8 +142,12 @@ def model_card(folds: dict[str, dict[str, Any]], summary: dict[str, Any]) -> str
             "apply_event` replays; scores = the next-track logit (embedding match + an MLP over the candidate "
             "evidence of `models_onnx.signature.CANDIDATE_FEATURES`, computed by `serving.features.FeatureBuilder` "
             "from the session state, the bundle's co-occurrence table and the listener's history).",
-            "* Candidates: the session's played tracks, co-occurrence neighbours of the session's last tracks, the "
-            "listener's most recent distinct tracks, retrieval by `query_vector` (`CandidateSource`).",
+            "* Candidates: the session's played then skipped tracks, co-occurrence neighbours of the session's last "
+            "tracks, the listener's most recent distinct tracks (the session's older plays first), retrieval by "
+            "`query_vector` (`CandidateSource`).",
+            "* Training: a softmax of the next track against negatives drawn from those candidates and by "
+            "popularity, each logit corrected by the log of how often its candidate is drawn (logQ), so the head "
+            "of the list, drawn at nearly every row, is not pushed down.",
             "* Skip probability: P(skip) = 1 - sigmoid(keep) of the played track (the `keep` output, trained with "
             "a binary cross-entropy; a share of targets shown as tracks outside the catalog).",
             *[f"* {n}" for n in segue_notes],
@@ -158,9 +162,13 @@ def model_card(folds: dict[str, dict[str, Any]], summary: dict[str, Any]) -> str
             "## Split",
             "* `time`: per user, the earlier 80% of the time span trains, the rest is scored.",
             "* `users`: held-out users (never trained on); their first 80% of time is replayed history.",
-            "* The session model's own training rows in `users` mode (`--segue-holdout N`, default 5): the bundle "
-            "(embeddings, co-occurrence table, popularity, skip rates) learns from (N-1)/N of the training users, "
-            "the model trains on the plays of the other 1/N, so it learns to rank for listeners the bundle never saw.",
+            "* The session model's own training rows (`--segue-holdout N`, default 5, both modes): the bundle "
+            "(embeddings, co-occurrence table, popularity, skip rates) never learns from them. In `users` mode it "
+            "learns from (N-1)/N of the training users and the model trains on the plays of the other 1/N, so it "
+            "learns to rank for listeners the bundle never saw; in `time` mode the model trains on each listener's "
+            "last plays, which the bundle leaves out, as the scored plays come after the bundle's. The bundle then "
+            "ships with the track stats (co-occurrence table, popularity, skip rates) of every training play; the "
+            "embeddings stay those the model was trained with.",
             "* Catalog = tracks played in the training plays only; targets outside it count as misses for all methods.",
             "",
             "## Metrics",

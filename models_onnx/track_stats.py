@@ -22,24 +22,35 @@ def neighbour_table(
     """(idx int32 [N, m] with -1 padding, val float32 [N, m]) for plays ``items`` int64 [E] (vocabulary
     index, all >= 0) in time order with their ``sessions`` int64 [E]; ``counts`` int [N] plays per track."""
     n = len(counts)
-    a_parts, b_parts, w_parts = [], [], []
+    a_parts, b_parts, d_parts = [], [], []
     for d in range(1, window + 1):
         same = sessions[:-d] == sessions[d:]
         a, b = items[:-d][same], items[d:][same]
         keep = a != b
         a, b = a[keep], b[keep]
-        w = np.full(len(a), 1.0 / d, np.float32)
+        dist = np.full(len(a), d, np.int64)
         a_parts += [a, b]
         b_parts += [b, a]
-        w_parts += [w, w]
+        d_parts += [dist, dist]
     a, b = np.concatenate(a_parts).astype(np.int64), np.concatenate(b_parts).astype(np.int64)
-    key, inv = np.unique(a * n + b, return_inverse=True)
-    val = np.bincount(inv, weights=np.concatenate(w_parts))
+    # One plain sort of (pair, distance) packed in an int64 (no argsort, no inverse): equal pairs end up side
+    # by side and their 1/distance weights are summed per run.
+    bits = max(1, int(window).bit_length())
+    packed = np.sort(((a * n + b) << bits) | np.concatenate(d_parts))
+    key = packed >> bits
+    w = 1.0 / (packed & ((1 << bits) - 1)).astype(np.float64)
+    starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]])) if len(key) else np.zeros(0, np.int64)
+    key = key[starts]
+    val = np.add.reduceat(w, starts) if len(starts) else np.zeros(0)
     ra, rb = key // n, key % n
     cnt = np.maximum(counts.astype(np.float64), 1.0)
     val = val / np.sqrt(cnt[ra] * cnt[rb])
-    order = np.lexsort((rb, -val, ra))  # by track, best neighbour first, ties by index
-    ra, rb, val = ra[order], rb[order], val[order]
+    # By track, best neighbour first, ties by index: the pairs are in (track, neighbour) order already, so a
+    # stable sort on (track, descending value) packed in an int64 keeps the index order among equal values.
+    v32 = val.astype(np.float32)
+    desc = np.uint32(0xFFFFFFFF) - v32.view(np.uint32)  # positive float32 bits: larger value, smaller key
+    order = np.argsort((ra << 32) | desc.astype(np.int64), kind="stable")
+    ra, rb, val = ra[order], rb[order], v32[order]
     starts = np.searchsorted(ra, np.arange(n))
     rank = np.arange(len(ra)) - starts[ra]
     keep = rank < m
