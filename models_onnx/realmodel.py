@@ -15,8 +15,6 @@
    head of that list) and tracks drawn by popularity^0.75 (standing in for retrieval), every candidate with its
    ``FeatureBuilder.build`` evidence; a binary cross-entropy of the ``keep`` head for "played through" (also on
    targets shown as unknown tracks).
-   With ``--segue-holdout`` the model trains on plays its bundle never learnt from (the evidence it sees is
-   as weak as at test time); the bundle it ships with then carries the track stats of every training play.
 4. Export with ``models_onnx.export.export_model`` (checker + ONNX/torch parity of both outputs) and write a
    signature-2 bundle with ``features.npz``.
 5. Evaluate through serving: ``serving.catalog.Catalog.load`` + ``serving.scorer.OnnxScorer.load`` (which
@@ -408,10 +406,7 @@ def train_bundle(fold: Fold, out: Path, dim: int, cfg: Any) -> dict[str, Any]:
         "cold_tracks": int((counts == 0).sum()),
         "neighbours": NEIGHBOURS,
         "skip": "P(skip) = 1 - sigmoid(keep) of the played track (output keep, signature 2)",
-        "served_stats": "every training play" if unseen is not None else "the plays the model was trained on",
     }
-    if unseen is not None:  # trained on held-out evidence, served with the evidence of every training play
-        stats = track_stats(fold, m=NEIGHBOURS)
     write_bundle(out, onnx_bytes, emb, tracks, version, summary, signature=2, stats=stats)
     return summary
 

@@ -166,9 +166,7 @@ def model_card(folds: dict[str, dict[str, Any]], summary: dict[str, Any]) -> str
             "(embeddings, co-occurrence table, popularity, skip rates) never learns from them. In `users` mode it "
             "learns from (N-1)/N of the training users and the model trains on the plays of the other 1/N, so it "
             "learns to rank for listeners the bundle never saw; in `time` mode the model trains on each listener's "
-            "last plays, which the bundle leaves out, as the scored plays come after the bundle's. The bundle then "
-            "ships with the track stats (co-occurrence table, popularity, skip rates) of every training play; the "
-            "embeddings stay those the model was trained with.",
+            "last plays, which the bundle leaves out, as the scored plays come after the bundle's.",
             "* Catalog = tracks played in the training plays only; targets outside it count as misses for all methods.",
             "",
             "## Metrics",
