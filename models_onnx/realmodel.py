@@ -72,7 +72,6 @@ N_ANY_NEG = 16  # ... from the rest of the fixed candidates
 N_POP_NEG = 12  # ... drawn by popularity^0.75 (standing in for retrieval)
 KEEP_WEIGHT = 0.0  # served score = next + KEEP_WEIGHT * keep logit (models_onnx.realscorer.FeatureScorer)
 NEIGHBOURS = 50  # co-occurrence neighbours per track in the bundle
-LOG_Q = True  # the sampled softmax corrects for how often each candidate is drawn (``sample_log_q``)
 UNKNOWN_SHARE = 0.25  # of each batch's targets, also shown to the skip head as tracks outside the catalog
 
 
@@ -308,7 +307,7 @@ def fit_real(
     bad[:, 0] = False
     tensors = [torch.from_numpy(a) for a in (data.pos, data.neg, data.taste, data.context)]
     cand_t, bad_t = torch.from_numpy(np.maximum(data.cand, 0)), torch.from_numpy(bad)
-    log_q_t = torch.from_numpy(data.log_q if LOG_Q else np.zeros_like(data.log_q))
+    log_q_t = torch.from_numpy(data.log_q)
     feats_t, kept_t = torch.from_numpy(data.feats), torch.from_numpy(data.kept)
     unknown_t = torch.from_numpy(as_unknown(data.feats[:, :1], skip_prior))  # [R, 1, F]
     last = float("nan")
