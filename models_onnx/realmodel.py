@@ -207,16 +207,24 @@ def sample_log_q(fixed: list[int], t: int, row: list[int], k: int) -> np.ndarray
     one of the ``k - len(fixed)`` retrieval places filled by ``N_POP_NEG`` draws. Training subtracts it from
     the logits (the logQ correction of a sampled softmax): without it the head of the list, drawn as a
     negative at nearly every row, is pushed below where the full candidate softmax would put it."""
-    others = [c for c in fixed if c != t]
-    top, rest = others[:TOP_PLACES], others[TOP_PLACES:]
-    q_top = min(N_TOP_NEG, max(len(top), 1)) / max(len(top), 1)  # 1 where the head is empty (the target alone)
-    q_rest = min(N_ANY_NEG, max(len(rest), 1)) / max(len(rest), 1)
+    arr, tracks = np.asarray(fixed, np.int64), np.asarray(row, np.int64)
+    at = np.flatnonzero(arr == t)
+    t_place = int(at[0]) if len(at) else -1
+    n_others = len(arr) - (t_place >= 0)
+    head, rest = min(TOP_PLACES, n_others), max(n_others - TOP_PLACES, 0)
+    q_top = min(N_TOP_NEG, max(head, 1)) / max(head, 1)  # 1 where the head is empty (the target alone)
+    q_rest = min(N_ANY_NEG, max(rest, 1)) / max(rest, 1)
     q_ret = min(1.0, N_POP_NEG / max(k - len(fixed), 1))
-    place = {c: q_top for c in top} | {c: q_rest for c in rest}
-    if t in fixed:  # the target as it would be drawn: at its own place
-        i = fixed.index(t)
-        place[t] = q_top if i < TOP_PLACES else q_rest
-    return np.log(np.asarray([place.get(c, q_ret) for c in row], np.float64)).astype(np.float32)
+    if not len(arr):
+        return np.full(len(tracks), np.log(q_ret), np.float32)
+    order = np.argsort(arr, kind="stable")  # the fixed candidates are distinct
+    at_sorted = np.minimum(np.searchsorted(arr, tracks, sorter=order), len(arr) - 1)
+    place = order[at_sorted]
+    found = arr[place] == tracks
+    # a place among the others (the target left out); the target itself at its own place
+    place = np.where(tracks == t, place, place - ((t_place >= 0) & (place > t_place)))
+    q = np.where(found, np.where(place < TOP_PLACES, q_top, q_rest), q_ret)
+    return np.log(q).astype(np.float32)
 
 
 def replay_training(
