@@ -54,6 +54,7 @@ class Listener:
 # in order. An interrupt raised at an arbitrary point (inside the Kafka client, say) could leave one of its locks
 # held and hang the shutdown.
 STOP = threading.Event()
+STOPPED = "\nstopped; the broker, Redis, worker and API are shut down."
 
 
 def _request_stop(signum: int, frame: object) -> None:
@@ -219,10 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = run(args)
         if STOP.is_set():
-            print("\nstopped; the broker, Redis, worker and API are shut down.")
+            print(STOPPED)
         return code
     except KeyboardInterrupt:
-        print("\nstopped; the broker, Redis, worker and API are shut down.")
+        print(STOPPED)
         return 0
     except SegueError as exc:
         print(f"error: {exc}", file=sys.stderr)
