@@ -28,7 +28,7 @@ from typing import Final, Protocol
 import numpy as np
 
 from streams.records import Reason, rounded
-from streams.session import LIKED, PLAYED, SKIPPED, Dynamics, SessionState, context_matrix
+from streams.session import LIKED, PLAYED, SKIPPED, Dynamics, SessionState, context_matrix, state_rows
 
 SIMILAR_TO_LIKED: Final = "similar_to_liked"
 SIMILAR_TO_PLAYED: Final = "similar_to_played"
@@ -234,9 +234,7 @@ def remove_events(
         base_context = context_matrix(states, now_ms)
     w = WINDOW
     _, outcomes, emb = window if window is not None else _window(states, items, w)  # [B, W], [B, W, D]
-    pos32 = np.stack([s.pos for s in states])  # [B, D]
-    neg32 = np.stack([s.neg for s in states])
-    taste32 = np.stack([s.taste for s in states])
+    pos32, neg32, taste32 = (state_rows(states, f) for f in ("pos", "neg", "taste"))  # [B, D] each
     half = all(np.array_equal(v.astype(np.float16).astype(np.float32), v) for v in (pos32, neg32, taste32))
     pos, neg, taste = pos32.astype(np.float64), neg32.astype(np.float64), taste32.astype(np.float64)
 
@@ -283,11 +281,11 @@ def remove_events(
     p, n, t = kept(p), kept(n), kept(t)
     if sources is not None and any(a is not b for a, b in zip(ranked_states, sources, strict=True)):
         # what the stage before ranking changed, added back
-        p = p + (np.stack([s.pos for s in ranked_states]) - pos32)[:, None]
-        n = n + (np.stack([s.neg for s in ranked_states]) - neg32)[:, None]
-        t = t + (np.stack([s.taste for s in ranked_states]) - taste32)[:, None]
+        p = p + (state_rows(ranked_states, "pos") - pos32)[:, None]
+        n = n + (state_rows(ranked_states, "neg") - neg32)[:, None]
+        t = t + (state_rows(ranked_states, "taste") - taste32)[:, None]
     removed = np.take_along_axis(outcomes, k, axis=1)  # [B, R]
-    untouched = np.stack([s.taste for s in ranked_states])[:, None, :]
+    untouched = (taste32 if ranked_states is states else state_rows(ranked_states, "taste"))[:, None, :]
     t = np.where(((removed < 0) | (removed == SKIPPED))[..., None], untouched, t)  # the taste stays as ranked
 
     context = _contexts_without(states, outcomes, k, base_context)
@@ -380,8 +378,8 @@ class Explainer:
             padded[b, : len(p)] = p
         cand = self._items[padded]  # [B, n, D]
         rows = r_count + 1  # R removals, then the taste zeroed
-        pos = np.concatenate([removed.pos, np.stack([s.pos for s in states])[:, None]], axis=1)  # [B, R+1, D]
-        neg = np.concatenate([removed.neg, np.stack([s.neg for s in states])[:, None]], axis=1)
+        pos = np.concatenate([removed.pos, state_rows(states, "pos")[:, None]], axis=1)  # [B, R+1, D]
+        neg = np.concatenate([removed.neg, state_rows(states, "neg")[:, None]], axis=1)
         taste = np.concatenate([removed.taste, np.zeros_like(removed.taste[:, :1])], axis=1)
         ctx = np.concatenate([removed.context, base_ctx[:, None]], axis=1)  # [B, R+1, 8]
         d = cand.shape[-1]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streams.session import LIKED, SKIPPED, SessionState
+from streams.session import LIKED, SKIPPED, SessionState, state_rows
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ class SessionIntent:
         self.centroids = centroids / np.maximum(counts, 1.0)[:, None]  # [G, D]
         self._gram = self.centroids @ self.centroids.T  # [G, G]
         self._members = [np.flatnonzero(self.genre == k) for k in range(g)]  # track indices per genre
+        self._member_items = [np.ascontiguousarray(self._items[m]) for m in self._members]  # [n_g, D] per genre
         self._slot = np.zeros(len(self.genre), np.int64)  # [N]: each track's place in its genre's members
         for members in self._members:
             self._slot[members] = np.arange(len(members))
@@ -102,7 +103,7 @@ class SessionIntent:
         session's, oldest first: ``SessionState.recent`` / ``outcomes``)."""
         p = self.params
         if prior is None:
-            prior = self.prior(np.stack([s.taste for s in states])) if states else np.zeros((0, self.n_genres))
+            prior = self.prior(state_rows(states, "taste")) if states else np.zeros((0, self.n_genres))
         lengths = np.fromiter((len(s.recent) for s in states), np.int64, len(states))
         width = int(lengths.max()) if len(states) else 0
         genre = np.full((len(states), width), -1, np.int64)  # [B, W] right-aligned, -1 where no event
@@ -179,7 +180,7 @@ class SessionIntent:
         ex = np.maximum(exclude, 0)
         for g in np.unique(top):  # only the chosen genre's tracks are scored: users grouped by genre
             users, tracks = np.flatnonzero(top == g), self._members[g]
-            sims = q[users] @ self._items[tracks].T  # [U, n_g]
+            sims = q[users] @ self._member_items[g].T  # [U, n_g]
             hit = (exclude[users] >= 0) & (self.genre[ex[users]] == g)  # [U, E]: excluded tracks of this genre
             if hit.any():
                 rows = np.broadcast_to(np.arange(len(users))[:, None], hit.shape)

@@ -30,7 +30,7 @@ from serving.retrieval import Retriever
 from serving.rules import ActiveRules, place_pins
 from serving.separation import demote_recent_artists
 from streams.records import Reason, Recommendations, RecommendedTrack, rounded
-from streams.session import SessionState, context_matrix, query_vector, query_vectors
+from streams.session import SessionState, context_matrix, query_vector, query_vectors, state_rows
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,7 @@ class Rescorer:
         state before a stage changed its vectors for ranking (a prior, a steer), for exact explanations."""
         if not states:
             return []
-        pos = np.stack([s.pos for s in states])  # [B, D]
-        neg = np.stack([s.neg for s in states])
-        taste = np.stack([s.taste for s in states])
+        pos, neg, taste = (state_rows(states, f) for f in ("pos", "neg", "taste"))  # [B, D] each
         queries = query_vectors(pos, neg, taste)  # [B, D]
         idx, sims = self._candidates.generate(states, queries, self.n_candidates, histories)  # [B, K]
         if rules is not None and rules.pins:  # pinned tracks are scored too, as extra columns

@@ -26,6 +26,7 @@ from streams.session import (
     id_digest,
     opens_session,
     outcome_of,
+    state_rows,
 )
 
 # One pending event of a user: the validated event, its track index, its partition and stream position.
@@ -137,9 +138,8 @@ def fold_events(
     catalog's embeddings float32 [N, D]."""
     dyn = dyn or Dynamics()
     n = len(states)
-    pos = np.stack([s.pos for s in states]).astype(np.float32) if n else np.zeros((0, items.shape[1]), np.float32)
-    neg = np.stack([s.neg for s in states]).astype(np.float32) if n else pos.copy()
-    taste = np.stack([s.taste for s in states]).astype(np.float32) if n else pos.copy()
+    empty = np.zeros((0, items.shape[1]), np.float32)
+    pos, neg, taste = (state_rows(states, f) if n else empty.copy() for f in ("pos", "neg", "taste"))
     folds = [_Fold(s) for s in states]
     applied: list[list[bool]] = [[] for _ in range(n)]
     decay = np.float32(dyn.decay)
