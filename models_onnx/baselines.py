@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from models_onnx.realdata import Fold
+from models_onnx.session_knn import neighbour_sessions, session_index, session_tracks
 
 
 class NextTrack(Protocol):
@@ -142,7 +143,8 @@ class SessionKNN:
 
     The current session (last ``max_len`` known plays) is a vector with linearly decaying weights (most
     recent 1); a neighbour's similarity is the weighted overlap / sqrt(len(current) * len(neighbour)).
-    Candidates are the ``sample`` most recent (by last play) training sessions holding each current track.
+    Candidates are the ``sample`` most recent (by last play) training sessions holding each current track
+    (``models_onnx.session_knn``).
     """
 
     name = "session-kNN (V-SKNN)"
@@ -152,40 +154,15 @@ class SessionKNN:
 
     def fit(self, fold: Fold) -> None:
         self._prior = popularity_prior(fold)
-        n = len(self._prior)
-        sess_ids, sess = np.unique(fold.train.session, return_inverse=True)
-        pairs = np.unique(sess * n + fold.train_items)  # distinct (session, item), sorted by session
-        s_of, i_of = pairs // n, pairs % n
-        self._s_ptr = np.concatenate([[0], np.cumsum(np.bincount(s_of, minlength=len(sess_ids)))])
-        self._s_items = i_of
-        self._s_len = np.diff(self._s_ptr).astype(np.float64)
-        ends = np.zeros(len(sess_ids), np.int64)
-        np.maximum.at(ends, sess, fold.train.ts_ms)
-        order = np.lexsort((-ends[s_of], i_of))  # by item, most recent session first
-        self._i_ptr = np.concatenate([[0], np.cumsum(np.bincount(i_of, minlength=n))])
-        self._i_sess = s_of[order]
+        self._index = session_index(fold.train_items, fold.train.session, fold.train.ts_ms, len(self._prior))
 
     def scores(self, fold: Fold, rows: np.ndarray) -> np.ndarray:
         out = np.tile(self._prior * 1e-3, (len(rows), 1))
         for b, r in enumerate(rows):
             cur = _session_items(fold, int(r), self.max_len)
-            if not len(cur):
-                continue
-            weights = np.arange(1, len(cur) + 1, dtype=np.float64) / len(cur)
-            cand, cw = [], []
-            for item, w in zip(cur, weights, strict=True):
-                lo = self._i_ptr[item]
-                hi = min(self._i_ptr[item + 1], lo + self.sample)
-                cand.append(self._i_sess[lo:hi])
-                cw.append(np.full(hi - lo, w))
-            cs, inv = np.unique(np.concatenate(cand), return_inverse=True)
+            cs, sim = neighbour_sessions(self._index, cur, self.k, self.sample)
             if not len(cs):
                 continue
-            sim = np.bincount(inv, weights=np.concatenate(cw)) / np.sqrt(len(cur) * self._s_len[cs])
-            if len(cs) > self.k:
-                top = np.argpartition(-sim, self.k - 1)[: self.k]
-                cs, sim = cs[top], sim[top]
-            lens = (self._s_ptr[cs + 1] - self._s_ptr[cs]).astype(np.int64)
-            idx = np.concatenate([self._s_items[self._s_ptr[s] : self._s_ptr[s + 1]] for s in cs])
+            idx, lens = session_tracks(self._index, cs)
             np.add.at(out[b], idx, np.repeat(sim, lens).astype(np.float32))
         return out

@@ -29,7 +29,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,19 +122,37 @@ def row_starts(plays: Plays) -> np.ndarray:
 
 
 class HistoryCache:
-    """``listener_history`` with the part that only changes between sessions (the distinct tracks before the
-    session) computed once per session."""
+    """``listener_history`` for rows in increasing order: the distinct tracks before the session are computed once
+    per session, and the session's plays are moved to the front of that list one play at a time (the same
+    tracks and counts as ``prepend_recent``, without recomputing them for every row)."""
 
     def __init__(self) -> None:
         self._key: tuple[int, int] = (-1, -1)
-        self._distinct: tuple[np.ndarray, np.ndarray] | None = None
+        self._upto = -1
+        self._tracks = np.zeros(0, np.int64)  # int64 [H']: distinct, most recent first, not cut to the window
+        self._counts = np.zeros(0, np.int64)
 
     def get(self, items: np.ndarray, skips: np.ndarray, start: int, r: int, session_start: int) -> ListenerHistory:
         s0 = max(start, session_start)
-        if self._key != (start, s0) or self._distinct is None:
-            self._key = (start, s0)
-            self._distinct = distinct_recent(items, max(start, s0 - HISTORY_WINDOW), s0, HISTORY_WINDOW)
-        return listener_history(items, skips, start, r, HISTORY_WINDOW, s0, distinct=self._distinct)
+        if self._key != (start, s0) or r < self._upto:
+            self._key, self._upto = (start, s0), s0
+            lo = max(start, s0 - HISTORY_WINDOW)
+            self._tracks, self._counts = distinct_recent(items, lo, s0, HISTORY_WINDOW)
+        for x in items[self._upto : r].tolist():  # new arrays each time: earlier histories keep theirs
+            if x < 0:
+                continue
+            at = np.flatnonzero(self._tracks == x)
+            if len(at):
+                p = int(at[0])
+                c = int(self._counts[p]) + 1
+                self._tracks = np.concatenate([[x], self._tracks[:p], self._tracks[p + 1 :]])
+                self._counts = np.concatenate([[c], self._counts[:p], self._counts[p + 1 :]])
+            else:
+                self._tracks = np.concatenate([[x], self._tracks])
+                self._counts = np.concatenate([[1], self._counts])
+        self._upto = r
+        pair = (self._tracks, self._counts)
+        return listener_history(items, skips, start, r, HISTORY_WINDOW, s0, recent=pair)
 
 
 @dataclass(frozen=True)
@@ -418,6 +436,20 @@ def train_bundle(fold: Fold, out: Path, dim: int, cfg: Any) -> dict[str, Any]:
     return summary
 
 
+class RecordingSource(CandidateSource):
+    """A ``CandidateSource`` that keeps the fixed candidates it hands out (``recorded``, in call order), so the
+    evaluation reads the list the rescorer saw instead of computing it again."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recorded: list[list[int]] = []
+
+    def fixed(self, state: SessionState, history: Sequence[int] | None) -> list[int]:
+        out = super().fixed(state, history)
+        self.recorded.append(out)
+        return out
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -433,7 +465,7 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
     assert builder is not None  # a signature-2 bundle
     emb = catalog.embeddings
     retriever = ExactRetriever(emb)
-    source = CandidateSource(
+    source = RecordingSource(
         emb, retriever, repeats=True, history=h, neighbours=builder, n_neighbours=nn_, skipped=True
     )  # fmt: skip
     rescorer = Rescorer(emb, retriever, scorer, n_candidates=k, n_recs=k, candidates=source)
@@ -453,7 +485,10 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
             histories.get(fold.test_items, fold.test.skip, int(first[r]), r, r - int(fold.test.pos[r]))
             for r, _ in batch
         ]
+        source.recorded.clear()
         rankings = rescorer.rank(states, now, hist)
+        fixed_lists = [f[:k] for f in source.recorded]  # one per state, in order (CandidateSource.generate)
+        assert len(fixed_lists) == len(states)
         target = p.target[idx]
         q = np.stack([query_vector(s) for s in states])
         sims = q @ emb.T  # [B, N], as the retriever computes them
@@ -480,7 +515,7 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
                 ranks[idx[j]] = order_ranks[idx[j]] = np.inf
                 continue
             recent = set(st.recent)
-            fixed = source.fixed(st, hist[j])[:k]
+            fixed = fixed_lists[j]
             order_ranks[idx[j]] = 1.0 + fixed.index(t) if t in fixed else tail_rank(j, t, fixed, recent)
             hit = np.flatnonzero(rk.indices == t)
             ranks[idx[j]] = 1.0 + hit[0] if len(hit) else tail_rank(j, t, rk.indices.tolist(), recent)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from serving.features import FeatureBuilder
+from serving.features import FeatureBuilder, ListenerHistory
 from serving.retrieval import Retriever
 from streams.session import SKIPPED, SessionState
 
@@ -81,11 +81,13 @@ class CandidateSource:
                     taken.add(t)
                     fixed.append(t)
         if self.history and history is not None:
-            tracks = np.asarray(getattr(history, "tracks", history), dtype=np.int64)
-            tracks = tracks[np.sort(np.unique(tracks, return_index=True)[1])][: self.history + len(taken)]  # distinct
-            if taken:
-                tracks = tracks[~np.isin(tracks, np.fromiter(taken, np.int64, len(taken)))]
-            fixed.extend(tracks[: self.history].tolist())
+            if isinstance(history, ListenerHistory):  # its tracks are distinct already
+                tracks = history.tracks
+            else:
+                tracks = np.asarray(list(history), dtype=np.int64)
+                tracks = tracks[np.sort(np.unique(tracks, return_index=True)[1])]  # distinct, first occurrence
+            head = tracks[: self.history + len(taken)].tolist()
+            fixed.extend([t for t in head if t not in taken][: self.history])
         return fixed
 
     def generate(

@@ -94,17 +94,22 @@ def listener_history(
     session_start: int,
     window: int = HISTORY_WINDOW,
     distinct: tuple[np.ndarray, np.ndarray] | None = None,
+    recent: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ListenerHistory:
     """The history before row ``r`` of one user whose rows start at ``start`` (``items`` vocabulary index, -1
     unknown; ``skips`` bool) and whose current session starts at row ``session_start``: at most ``n``
     distinct tracks of the ``window`` plays before the session and of the session's plays before ``r``
     (the session's first: the session state keeps only its last tracks; ``distinct``: the pair of the plays
-    before the session when the caller already has it from ``distinct_recent``), the skip totals of all
+    before the session when the caller already has it from ``distinct_recent``; ``recent``: the pair of all the
+    plays before ``r`` as ``prepend_recent`` gives it, when the caller keeps it), the skip totals of all
     earlier plays and of the session so far, and what followed the session's last known track in the window."""
     s0 = max(start, session_start)
     lo = max(start, s0 - window)
-    before = distinct if distinct is not None else distinct_recent(items, lo, s0, n)
-    tracks, counts = prepend_recent(before, items, s0, r, n)
+    if recent is not None:
+        tracks, counts = recent[0][:n], recent[1][:n]
+    else:
+        before = distinct if distinct is not None else distinct_recent(items, lo, s0, n)
+        tracks, counts = prepend_recent(before, items, s0, r, n)
     follows, weights = np.zeros(0, np.int64), np.zeros(0, np.float64)
     session = items[s0:r]
     session = session[session >= 0]
@@ -137,6 +142,15 @@ class TrackStats:
 
     def __len__(self) -> int:
         return int(self.popularity.shape[0])
+
+
+def _top(score: np.ndarray, n: int) -> np.ndarray:
+    """The places of the ``n`` largest of ``score`` [T], largest first, ties in place order (a stable sort's)."""
+    if len(score) <= n:
+        return np.argsort(-score, kind="stable")
+    cut = np.partition(score, len(score) - n)[len(score) - n]  # the n-th largest value
+    at = np.flatnonzero(score >= cut)  # all of the n largest, and any ties of the n-th beyond them
+    return at[np.argsort(-score[at], kind="stable")][:n]
 
 
 def _session_weights(recent: Sequence[int], n: int, decay: str) -> tuple[np.ndarray, np.ndarray]:
@@ -196,11 +210,9 @@ class FeatureBuilder:
             return []
         keys, inv = np.unique(idx[ok], return_inverse=True)
         score = np.bincount(inv, weights=val[ok], minlength=len(keys)).astype(np.float64)
-        mine = np.isin(keys, np.asarray(state.recent, np.int64))
-        score[mine] = -np.inf
-        order = np.lexsort((keys, -score))  # best first, ties by index: deterministic
-        order = order[np.isfinite(score[order])][:n]
-        return keys[order].astype(np.int64).tolist()
+        mine = set(state.recent)
+        top = _top(score, n + len(mine))  # best first, ties by index (keys are increasing): deterministic
+        return [t for t in keys[top].tolist() if t not in mine][:n]
 
     def build(
         self,

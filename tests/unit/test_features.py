@@ -153,3 +153,11 @@ def test_v2_bundle_loads_in_the_scorer_with_parity_and_serves_through_the_rescor
     direct = scorer.score(st.pos[None], st.neg[None], st.taste[None], context_matrix([st], [2_000_000]),
                           items[cand], feats)[0]  # fmt: skip
     np.testing.assert_allclose(ranking.scores, np.sort(direct)[::-1][:5], rtol=1e-5)
+
+
+def test_history_candidates_are_the_same_from_a_listener_history_and_a_plain_list() -> None:
+    items = _items()
+    st = _state(items, [(2, False), (1, False)])
+    source = CandidateSource(items, ExactRetriever(items), repeats=True, history=3)
+    hist = ListenerHistory(np.array([1, 30, 2, 31, 32, 33]), np.ones(6, np.int64))
+    assert source.fixed(st, hist) == source.fixed(st, [1, 30, 30, 2, 31, 1, 32, 33]) == [1, 2, 30, 31, 32]
