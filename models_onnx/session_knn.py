@@ -1,10 +1,10 @@
-"""Session-kNN (V-SKNN) over an index of training sessions: the one implementation the baseline and the feature share.
+"""Session-kNN (V-SKNN) over an index of training sessions: the baseline's scoring, torch-free so serving can share it.
 
 ``SessionIndex`` holds every training session's distinct tracks both ways (session -> tracks, track -> sessions
 most recent first). ``neighbour_sessions`` finds the ``k`` training sessions most similar to the current one
 (its last tracks with linearly decaying weights, most recent 1; similarity = weighted overlap / sqrt(len(current)
 * len(neighbour)), candidates = the ``sample`` most recent sessions holding each current track);
-``track_scores`` sums the neighbours' similarities per track. Pure numpy, torch-free.
+``session_tracks`` lists their tracks, whose summed similarities are V-SKNN's scores. Pure numpy.
 """
 
 from __future__ import annotations
@@ -82,12 +82,3 @@ def session_tracks(index: SessionIndex, sessions: np.ndarray) -> tuple[np.ndarra
         return np.zeros(0, np.int64), lens
     at = np.repeat(starts - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens) + np.arange(int(lens.sum()))
     return index.session_items[at].astype(np.int64), lens
-
-
-def track_scores(index: SessionIndex, current: np.ndarray, k: int = 100, sample: int = 500) -> tuple[np.ndarray, ...]:
-    """(tracks int64 [T] increasing, scores float64 [T] > 0): each track's summed similarity over the ``k``
-    neighbour sessions of ``current`` that hold it (V-SKNN's score; tracks of no neighbour are left out)."""
-    cs, sim = neighbour_sessions(index, current, k, sample)
-    idx, lens = session_tracks(index, cs)
-    tracks, inv = np.unique(idx, return_inverse=True)
-    return tracks, np.bincount(inv, weights=np.repeat(sim, lens), minlength=len(tracks))
