@@ -93,23 +93,20 @@ def listener_history(
     n: int,
     session_start: int,
     window: int = HISTORY_WINDOW,
-    distinct: tuple[np.ndarray, np.ndarray] | None = None,
     recent: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ListenerHistory:
     """The history before row ``r`` of one user whose rows start at ``start`` (``items`` vocabulary index, -1
     unknown; ``skips`` bool) and whose current session starts at row ``session_start``: at most ``n``
     distinct tracks of the ``window`` plays before the session and of the session's plays before ``r``
-    (the session's first: the session state keeps only its last tracks; ``distinct``: the pair of the plays
-    before the session when the caller already has it from ``distinct_recent``; ``recent``: the pair of all the
-    plays before ``r`` as ``prepend_recent`` gives it, when the caller keeps it), the skip totals of all
+    (the session's first: the session state keeps only its last tracks; ``recent``: the pair of all the plays
+    before ``r`` as ``prepend_recent`` gives it, when the caller keeps it), the skip totals of all
     earlier plays and of the session so far, and what followed the session's last known track in the window."""
     s0 = max(start, session_start)
     lo = max(start, s0 - window)
     if recent is not None:
         tracks, counts = recent[0][:n], recent[1][:n]
     else:
-        before = distinct if distinct is not None else distinct_recent(items, lo, s0, n)
-        tracks, counts = prepend_recent(before, items, s0, r, n)
+        tracks, counts = prepend_recent(distinct_recent(items, lo, s0, n), items, s0, r, n)
     follows, weights = np.zeros(0, np.int64), np.zeros(0, np.float64)
     session = items[s0:r]
     session = session[session >= 0]
