@@ -15,8 +15,10 @@ worker runs without ``--api``.
 
 The same listeners (same seeds, same mood trajectories) also hear two recommenders computed in-process:
 ``static`` (segue's retrieval and model on a state with the session vectors and counters zeroed: long-term
-taste only) and ``random`` (uniformly random unheard tracks). Output in ``--out``: ``results.json``,
-``report.md``, ``skip_like_by_position.png`` and, for the exploration/diversity settings, ``tradeoff.png``.
+taste only) and ``random`` (uniformly random unheard tracks); and a reference, ``oracle``, which reads the hidden
+mood and ranks by the listener's own utility (the floor the listeners allow, position by position). Output in
+``--out``: ``results.json``, ``report.md``, ``skip_like_by_position.png`` and, for the exploration/diversity
+settings, ``tradeoff.png``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from loadtests.sim_listener import (
     organic_pick,
     react,
     to_event,
+    utility,
 )
 from serving.catalog import Catalog
 from serving.diversity import Preferences
@@ -269,6 +272,32 @@ class RandomRecommender:
             heard = set(s.heard)
             pool = self.rng.choice(self.n_tracks, size=self.n + len(heard), replace=False)
             out.append(np.array([t for t in pool if int(t) not in heard][: self.n], dtype=np.int64))
+        return out
+
+    async def observe(self, seats: Sequence[Seat], events: Sequence[dict[str, Any]]) -> None:
+        return None
+
+
+class OracleRecommender:
+    """A reference, not a recommender anyone could build: it reads the listener's hidden taste and current mood
+    and ranks every unheard track by the listener's utility (``sim_listener.utility``). Its skip rate by position
+    is the floor the simulated listeners allow: where it rises, the listeners' drift raises it for everyone."""
+
+    name = "oracle"
+
+    def __init__(self, space: TrackSpace, p: SimParams, n: int = 40) -> None:
+        self.space, self.p, self.n = space, p, n
+        self._all = np.arange(space.n_tracks)
+
+    async def begin(self, histories: Sequence[Sequence[HistoryEvent]]) -> None:
+        return None
+
+    async def lists(self, seats: Sequence[Seat]) -> list[np.ndarray]:
+        out = []
+        for s in seats:
+            u = utility(self.space, s.listener, s.mood, self._all, self.p)
+            u[np.asarray(s.heard, dtype=np.int64)] = -np.inf
+            out.append(np.argsort(-u, kind="stable")[: self.n])
         return out
 
     async def observe(self, seats: Sequence[Seat], events: Sequence[dict[str, Any]]) -> None:
@@ -687,6 +716,7 @@ async def evaluate(cfg: LoopConfig) -> dict[str, Any]:
         InProcessSegue(model, users("nosep"), space, without="separation"),
         StaticRecommender(model, users("static"), space),
         RandomRecommender(space.n_tracks, cfg.seed),
+        OracleRecommender(space, p),
     ):
         arms[rec.name] = await run_arm(
             rec, space, listeners, histories, users(rec.name), **common, progress=cfg.progress
@@ -695,7 +725,15 @@ async def evaluate(cfg: LoopConfig) -> dict[str, Any]:
     live_info["history"] = {k: kinds.count(k) / max(len(kinds), 1) for k in ("skip", "like", "play")}
     live_info["known_genres"] = [known_genres(space, h) for h in histories]
     live_info["genre"] = space.genre
+    live_info["focus_preference"] = focus_preference(arms["segue"].foci, listeners)
     return summarise(cfg, p, model.catalog, arms, curve, live_info)
+
+
+def focus_preference(foci: Sequence[Sequence[int]], listeners: Sequence[TasteListener]) -> list[float]:
+    """By position: the mean hidden preference (``TasteListener.genre_pref``, 1 for the favourite genre) of the
+    genre the listeners' moods are in: how far the drift has taken them from their favourite genre."""
+    pref = np.asarray([lst.genre_pref[np.asarray(f, dtype=np.int64)] for f, lst in zip(foci, listeners, strict=True)])
+    return pref.mean(axis=0).tolist()
 
 
 def summarise(
@@ -751,7 +789,10 @@ def summarise(
         "simulator": asdict(p),
         "arms": out_arms,
         "headline": head,
-        "live": {k: v for k, v in live_info.items() if k not in ("history", "known_genres", "genre")},
+        "live": {
+            k: v for k, v in live_info.items() if k not in ("history", "known_genres", "genre", "focus_preference")
+        },
+        "focus_preference": live_info.get("focus_preference", []),
         "history": live_info.get("history", {}),
         "curve": points,
         "curve_on": cfg.curve_on,

@@ -168,6 +168,8 @@ def headline(arms: Mapping[str, Sequence[Sequence[str]]], boot: np.ndarray, late
     out["trends"] = {name: trend(x, boot, late_from) for name, x in skip.items()}
     if "segue" in skip and "static" in skip:  # segue's slope against the listeners' own drift, paired
         out["segue_minus_static_slope"] = slope(skip["segue"] - skip["static"], boot)
+    if "segue" in skip and "oracle" in skip:  # segue's regret against the hidden-mood oracle, by position
+        out["segue_minus_oracle_slope"] = slope(skip["segue"] - skip["oracle"], boot)
     return out
 
 

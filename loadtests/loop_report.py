@@ -22,6 +22,7 @@ ARM_STYLE = {
     "segue-no-separation": ("segue in-process, no artist separation", "tab:purple"),
     "static": ("static (no session context)", "tab:orange"),
     "random": ("random", "tab:gray"),
+    "oracle": ("oracle (reads the hidden mood; a reference)", "tab:red"),
 }
 
 
@@ -127,6 +128,13 @@ def trend_lines(h: dict[str, Any], late: int) -> list[str]:
             "points per 10 positions: how segue moves against the drift its listeners bring (static hears the same "
             "moods).",
         ]
+    d = h.get("segue_minus_oracle_slope")
+    if d:
+        lines += [
+            "",
+            f"Slope of segue's skip rate minus the oracle's: {_diff(d, 'per_10')} points per 10 positions (the "
+            "oracle reads the listener's hidden mood and utility: what is left is what segue has not learnt).",
+        ]
     return lines
 
 
@@ -224,6 +232,15 @@ def markdown(r: dict[str, Any]) -> str:
             f"{'falls' if h['target']['skip_falls_over_session'] else 'does not fall significantly'} over the session.",
         ]
     lines += trend_lines(h, late)
+    fp = r.get("focus_preference") or []
+    if fp:
+        lines += [
+            "",
+            f"The listeners' drift: the hidden preference of the genre their mood is in (1 = their favourite) is "
+            f"{fp[0]:.3f} at position 1, {sum(fp[1:late]) / max(len(fp[1:late]), 1):.3f} over positions 2-{late} "
+            f"and {sum(fp[late:]) / max(len(fp[late:]), 1):.3f} from position {late + 1}: sessions start in the "
+            "favourite genre more often than they stay there, so later positions ask more of every recommender.",
+        ]
     lines += [
         "",
         f"The listeners' own picks in their earlier sessions (the history segue learns the long-term taste from) "
@@ -298,7 +315,9 @@ def markdown(r: dict[str, Any]) -> str:
         "within a shown list; novelty: mean -log2 popularity "
         "(catalog popularity in (0, 1]) of listed tracks.",
         "* static: segue's retrieval and model on a state whose session vectors and counters are zero (long-term "
-        "taste as at session start); random: uniformly random unheard tracks. Same listeners, seeds and moods.",
+        "taste as at session start); random: uniformly random unheard tracks; oracle: every unheard track ranked by "
+        "the listener's hidden utility in its current mood (a reference no recommender can match). Same listeners, "
+        "seeds and moods.",
         "",
     ]
     return "\n".join(lines)

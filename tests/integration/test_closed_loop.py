@@ -55,6 +55,7 @@ def test_closed_loop_smoke_run_is_complete_and_segue_reacts(
         "segue-no-separation",
         "static",
         "random",
+        "oracle",
     }
     for arm in stored["arms"].values():
         for key in ("skip_by_position", "like_by_position"):
@@ -74,5 +75,8 @@ def test_closed_loop_smoke_run_is_complete_and_segue_reacts(
     assert segue["reaction"]["turnover_after_skip"] > 2.0
     # Random skips far more than segue, and the knob stored in Redis spreads the lists the worker makes.
     assert stored["arms"]["random"]["skip_overall"]["mean"] > segue["skip_overall"]["mean"]
+    # The oracle (it reads the hidden mood) is the floor, and the drift it meets is reported by position.
+    assert stored["arms"]["oracle"]["skip_overall"]["mean"] < segue["skip_overall"]["mean"]
+    assert len(stored["focus_preference"]) == POSITIONS and "segue_minus_oracle_slope" in head
     plain, spread = stored["curve"]
     assert spread["intra_list_diversity"] > plain["intra_list_diversity"] and spread["coverage"] > plain["coverage"]

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from loadtests import loop_metrics as lm
-from loadtests.closed_loop import HistoryEvent, choose, history, parse_settings, run_arm
+from loadtests.closed_loop import (
+    HistoryEvent,
+    OracleRecommender,
+    choose,
+    focus_preference,
+    history,
+    parse_settings,
+    run_arm,
+)
 from loadtests.sim_listener import LIKE, PLAY, SKIP, Mood, SimParams, TasteListener, TrackSpace, react, utility
 
 P = SimParams()
@@ -141,6 +149,31 @@ def test_an_exhausted_list_falls_back_to_an_unheard_track(space):
     assert r.exhausted == 2 * 2 and all(len(set(t)) == 5 for t in r.tracks)
 
 
+def test_the_oracle_plays_the_best_unheard_track_for_the_mood_it_reads(space):
+    oracle = _run(space, OracleRecommender(space, P), positions=10, n=8)
+    fixed = _run(space, _Fixed("a", np.arange(space.n_tracks)[::-1]), positions=10, n=8)
+    assert all(len(set(t)) == len(t) for t in oracle.tracks)  # it never lists a heard track
+    for row, shown in zip(oracle.tracks, oracle.shown, strict=True):
+        assert [int(s[0]) for s in shown] == row  # the listener played the oracle's first unheard track
+    skips = [sum(k == "skip" for k in row) for row in oracle.kinds]
+    assert sum(skips) < sum(k == "skip" for row in fixed.kinds for k in row)
+    # the pick is the utility's argmax over unheard tracks, in the mood of that position: replay the first one
+    listener = TasteListener.create(space, 5, 0)
+    mood = Mood.start(space, listener, np.random.default_rng([5, 7, 0]), P)
+    u = utility(space, listener, mood, np.arange(space.n_tracks), P)
+    assert oracle.tracks[0][0] == int(np.argmax(u))
+
+
+def test_focus_preference_follows_the_hidden_focus(space):
+    a, b = TasteListener.create(space, 5, 0), TasteListener.create(space, 5, 1)
+    fa, fb = [int(a.liked[0]), int(a.liked[1])], [int(b.liked[1]), int(b.liked[0])]
+    got = focus_preference([fa, fb], [a, b])
+    assert got == pytest.approx(
+        [(a.genre_pref[fa[0]] + b.genre_pref[fb[0]]) / 2, (a.genre_pref[fa[1]] + b.genre_pref[fb[1]]) / 2]
+    )
+    assert a.genre_pref[a.liked[0]] == 1.0  # liked[0] is the favourite: the first of the sorted weights
+
+
 def test_choose_and_settings():
     shown = np.array([7, 8, 9])
     assert choose(shown, "top", np.random.default_rng(0)) == 7
@@ -206,6 +239,9 @@ def test_trend_windows_and_slopes():
     head = lm.headline({"segue": falling, "static": flat}, boot, 4)
     assert set(head["trends"]) == {"segue", "static"}
     assert head["segue_minus_static_slope"]["per_10"] == pytest.approx(t["slope"]["per_10"] - f["slope"]["per_10"])
+    assert "segue_minus_oracle_slope" not in head
+    head = lm.headline({"segue": falling, "oracle": flat}, boot, 4)
+    assert head["segue_minus_oracle_slope"]["per_10"] == pytest.approx(t["slope"]["per_10"] - f["slope"]["per_10"])
 
 
 def test_mood_breakdown_splits_skips_by_the_hidden_focus():
