@@ -3,13 +3,18 @@
 * ``manifest.json`` - {"format": "segue-model-bundle", "format_version": 1, "signature": 1 or 2,
   "model_version", "dim", "context_features", "n_tracks", "created_utc", "training": {...}}; a signature-2
   bundle adds "candidate_features" (names, ``models_onnx.signature.CANDIDATE_FEATURES``) and
-  "track_stats": {"file": "features.npz", "format_version": 1, "neighbours": M}
+  "track_stats": {"file": "features.npz", "format_version": 1, "neighbours": M}; a bundle may add
+  "session_index": {"file": "sessions.npz", "format_version": 1, "sessions": S, "pairs": P}
 * ``model.onnx``    - the session scorer, ONNX signature v1 or v2 (``models_onnx.signature``)
 * ``items.npy``     - float32 [n_tracks, dim], L2-normalised item embeddings, row i = track i
 * ``tracks.json``   - list in index order of {"track_id", "artist_id", "genre", "popularity", "features"}
 * ``features.npz``  - signature 2 only (``serving.features.TrackStats``): ``neighbour_idx`` int32 [N, M]
   (-1 padding) and ``neighbour_val`` float32 [N, M] (the top-M co-occurrence neighbours of each track, best
   first), ``popularity`` and ``skip_rate`` float32 [N], ``skip_prior`` float32 []
+* ``sessions.npz``  - optional (``models_onnx.session_knn.SessionIndex``): the training sessions' distinct tracks,
+  ``session_ptr`` int64 [S + 1], ``session_items`` int32 [P], ``item_ptr`` int64 [N + 1], ``item_sessions``
+  int32 [P] (per track, the most recent session first); where present the rescorer blends session-kNN's tracks
+  into the list (``serving.session_blend``)
 
 ``write_bundle`` writes into a fresh sibling directory and renames it into place, so readers never see a
 half-written bundle. Every reader raises ``ModelError`` with a message that says how to fix the problem.
@@ -29,6 +34,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from models_onnx.session_knn import SessionIndex
 from models_onnx.signature import CANDIDATE_FEATURES, SIGNATURE, SIGNATURES
 from serving.features import TrackStats
 from streams.errors import ModelError
@@ -42,6 +48,8 @@ ITEMS: Final = "items.npy"
 TRACKS: Final = "tracks.json"
 FEATURES: Final = "features.npz"
 TRACK_STATS_VERSION: Final = 1
+SESSIONS: Final = "sessions.npz"
+SESSION_INDEX_VERSION: Final = 1
 _REQUIRED: Final = ("model_version", "dim", "context_features", "n_tracks")
 
 
@@ -58,6 +66,7 @@ def write_bundle(
     training: Mapping[str, Any],
     signature: int = SIGNATURE,
     stats: TrackStats | None = None,
+    sessions: SessionIndex | None = None,
 ) -> Path:
     """Write a bundle to ``out_dir``, replacing an existing bundle there; return the directory.
 
@@ -71,6 +80,8 @@ def write_bundle(
         raise ModelError("a signature-2 bundle needs track stats, and only it carries them")
     if stats is not None and len(stats) != len(tracks):
         raise ModelError(f"track stats cover {len(stats)} tracks, the bundle {len(tracks)}")
+    if sessions is not None and sessions.n_tracks != len(tracks):
+        raise ModelError(f"the session index covers {sessions.n_tracks} tracks, the bundle {len(tracks)}")
     out = Path(out_dir)
     items = np.ascontiguousarray(items, dtype=np.float32)
     if items.ndim != 2 or items.shape[0] != len(tracks):
@@ -97,6 +108,13 @@ def write_bundle(
             "format_version": TRACK_STATS_VERSION,
             "neighbours": int(stats.neighbour_idx.shape[1]),
         }
+    if sessions is not None:
+        manifest["session_index"] = {
+            "file": SESSIONS,
+            "format_version": SESSION_INDEX_VERSION,
+            "sessions": sessions.n_sessions,
+            "pairs": len(sessions),
+        }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -111,6 +129,14 @@ def write_bundle(
                 popularity=stats.popularity.astype(np.float32),
                 skip_rate=stats.skip_rate.astype(np.float32),
                 skip_prior=np.float32(stats.skip_prior),
+            )
+        if sessions is not None:
+            np.savez(
+                tmp / SESSIONS,
+                session_ptr=sessions.session_ptr.astype(np.int64),
+                session_items=sessions.session_items.astype(np.int32),
+                item_ptr=sessions.item_ptr.astype(np.int64),
+                item_sessions=sessions.item_sessions.astype(np.int32),
             )
         (tmp / TRACKS).write_text(json.dumps(list(tracks), separators=(",", ":")) + "\n")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -182,6 +208,36 @@ def read_track_stats(bundle_dir: Path | str, manifest: Mapping[str, Any]) -> Tra
     if not ok:
         raise ModelError(f"{path} does not match the manifest's {n} tracks x {m} neighbours")
     return stats
+
+
+def read_session_index(bundle_dir: Path | str, manifest: Mapping[str, Any]) -> SessionIndex | None:
+    """``sessions.npz`` where the manifest lists it (None where it does not), checked against the manifest."""
+    info = manifest.get("session_index")
+    if info is None:
+        return None
+    if info.get("format_version") != SESSION_INDEX_VERSION:
+        raise ModelError(
+            f"model bundle {bundle_dir} has session index format {info.get('format_version')}, this segue reads "
+            f"{SESSION_INDEX_VERSION}; retrain it with this version (`python -m models_onnx.evaluate`)"
+        )
+    path = Path(bundle_dir) / SESSIONS
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            index = SessionIndex(
+                session_ptr=z["session_ptr"],
+                session_items=z["session_items"],
+                item_ptr=z["item_ptr"],
+                item_sessions=z["item_sessions"],
+            )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"unreadable session index {path}: {exc}") from exc
+    n, s_count, pairs = manifest["n_tracks"], info["sessions"], info["pairs"]
+    ok = index.n_tracks == n and index.n_sessions == s_count and len(index) == pairs
+    ok = ok and index.item_sessions.shape == (pairs,) and int(index.session_ptr[-1]) == pairs
+    ok = ok and int(index.item_ptr[-1]) == pairs and bool((index.session_items < n).all())
+    if not ok:
+        raise ModelError(f"{path} does not match the manifest's {n} tracks, {s_count} sessions, {pairs} pairs")
+    return index
 
 
 def read_items(bundle_dir: Path | str, manifest: Mapping[str, Any]) -> np.ndarray:

@@ -45,6 +45,7 @@ from models_onnx.metrics import Bootstrap
 from models_onnx.protocol import Positions, Result, next_result, skip_result
 from models_onnx.realdata import Fold, Plays
 from models_onnx.realscorer import N_META, FeatureScorer, meta_embeddings
+from models_onnx.session_knn import session_index
 from models_onnx.signature import CANDIDATE_FEATURES, N_CANDIDATE_FEATURES, N_CONTEXT
 from models_onnx.track_stats import skip_rates, track_stats
 from serving.candidates import CandidateSource
@@ -61,6 +62,7 @@ from serving.features import (
 from serving.rescore import Rescorer
 from serving.retrieval import ExactRetriever
 from serving.scorer import OnnxScorer
+from serving.session_blend import load_neighbours
 from streams.records import Play, Skip
 from streams.session import SessionState, apply_event, context_features, context_matrix, query_vector
 
@@ -432,7 +434,10 @@ def train_bundle(fold: Fold, out: Path, dim: int, cfg: Any) -> dict[str, Any]:
         "neighbours": NEIGHBOURS,
         "skip": "P(skip) = 1 - sigmoid(keep) of the played track (output keep, signature 2)",
     }
-    write_bundle(out, onnx_bytes, emb, tracks, version, summary, signature=2, stats=stats)
+    # Session-kNN's index of every training play (as the baseline's): the rescorer blends its tracks into the list.
+    sessions = session_index(fold.train_items, fold.train.session, fold.train.ts_ms, n)
+    summary["session_index"] = {"sessions": sessions.n_sessions, "pairs": len(sessions)}
+    write_bundle(out, onnx_bytes, emb, tracks, version, summary, signature=2, stats=stats, sessions=sessions)
     return summary
 
 
@@ -468,7 +473,8 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
     source = RecordingSource(
         emb, retriever, repeats=True, history=h, neighbours=builder, n_neighbours=nn_, skipped=True
     )  # fmt: skip
-    rescorer = Rescorer(emb, retriever, scorer, n_candidates=k, n_recs=k, candidates=source)
+    neighbours = load_neighbours(bundle_dir)
+    rescorer = Rescorer(emb, retriever, scorer, n_candidates=k, n_recs=k, candidates=source, neighbours=neighbours)
     ranks = np.empty(len(p))
     order_ranks = np.empty(len(p))  # the candidate list as CandidateSource orders it, without the model
     p_skip = np.empty(len(p))
@@ -541,8 +547,15 @@ def evaluate_segue(fold: Fold, p: Positions, boot: Bootstrap, cfg: Any, bundle_d
         f"served bundle {scorer.model_version} (signature {scorer.signature}) via OnnxScorer ({scorer.provider}) + "
         f"Rescorer with CandidateSource: the session's played then skipped tracks, {nn_} co-occurrence neighbours "
         f"of the session's last tracks, the listener's {h} most recent distinct tracks, retrieval by query_vector "
-        f"up to {k} candidates; ONNX rescoring; other tracks after, in retrieval order; the target is among the "
-        f"candidates at {np.mean(ranks <= k):.1%} of the positions"
+        f"up to {k} candidates; ONNX rescoring"
+        + (
+            f"; session-kNN's tracks (the bundle's index of {len(neighbours.index):,} session-track pairs) alternating "
+            f"with the model's in the first {neighbours.n} places"
+            if neighbours is not None
+            else ""
+        )
+        + f"; other tracks after, in retrieval order; the target is in the served list at {np.mean(ranks <= k):.1%} "
+        "of the positions"
     )
     order_note = (
         f"no model: the session's played then skipped tracks, then {nn_} co-occurrence neighbours of the session's "

@@ -20,6 +20,7 @@ from serving.rescore import Rescorer
 from serving.retrieval import make_retriever
 from serving.scorer import OnnxScorer
 from serving.separation import artist_codes
+from serving.session_blend import load_neighbours
 from serving.settings import ApiSettings
 from serving.steer_api import Steering
 from serving.steering import FeatureMap, PromptReader, catalog_features
@@ -55,6 +56,7 @@ def build_api(settings: ApiSettings) -> FastAPI:
         else None,
         artists=artist_codes(catalog.artist_of),
         intent=SessionIntent(catalog.embeddings, catalog.genre_of),
+        neighbours=load_neighbours(settings.scoring.model_dir),
     )
     producer = EventProducer.connect(settings.kafka, topic=settings.topics.events) if settings.ingest else None
     # Lists the API ranks on demand are stored compactly too (recommendations v2, docs/state.md).

@@ -39,6 +39,7 @@ EDITORIAL_PIN: Final = "editorial_pin"
 EDITORIAL_BOOST: Final = "editorial_boost"
 POPULAR: Final = "popular"
 SESSION_FIT: Final = "session_fit"
+SIMILAR_SESSIONS: Final = "similar_sessions"
 # Stable order: a compact store may keep a code as its index here.
 REASON_CODES: Final = (
     SIMILAR_TO_LIKED,
@@ -50,6 +51,7 @@ REASON_CODES: Final = (
     EDITORIAL_BOOST,
     POPULAR,
     SESSION_FIT,
+    SIMILAR_SESSIONS,
 )
 _EVENT_CODE: Final = {LIKED: SIMILAR_TO_LIKED, PLAYED: SIMILAR_TO_PLAYED, SKIPPED: AVOIDS_SKIPPED}
 
@@ -63,6 +65,7 @@ TEMPLATES: Final = {
     EDITORIAL_BOOST: "Recommended by our editors.",
     POPULAR: "Popular with listeners right now.",
     SESSION_FIT: "Fits your session.",
+    SIMILAR_SESSIONS: "Played in sessions like yours.",
 }
 
 # How many of a session's most recent events the removal works with (older ones weigh decay^16 ~ 3e-4 and are
@@ -73,6 +76,7 @@ WINDOW: Final = 16
 KIND_RANKED: Final = 0
 KIND_EXPLORED: Final = 1
 KIND_PINNED: Final = 2
+KIND_SESSIONS: Final = 3  # placed by session-kNN (``serving.session_blend``), not by the model's score
 
 
 class Scorer(Protocol):
@@ -115,6 +119,7 @@ class Explanations:
         if kinds is not None:
             codes[kinds == KIND_PINNED] = REASON_CODES.index(EDITORIAL_PIN)
             codes[kinds == KIND_EXPLORED] = REASON_CODES.index(EXPLORATION)
+            codes[kinds == KIND_SESSIONS] = REASON_CODES.index(SIMILAR_SESSIONS)
         return Explanations(codes, np.full(n, -1, np.int64), np.zeros(n, np.float32))
 
     def reasons(self, track_ids: Sequence[str]) -> list[Reason]:
@@ -430,10 +435,11 @@ class Explainer:
         ).astype(np.int8)
         cited = np.where(from_event, np.take_along_axis(ev_track, slot, axis=1), -1)
         weak = ~(value > self.min_contribution)
-        special = (kinds == KIND_PINNED) | (kinds == KIND_EXPLORED)
+        special = (kinds == KIND_PINNED) | (kinds == KIND_EXPLORED) | (kinds == KIND_SESSIONS)
         codes[weak] = REASON_CODES.index(SESSION_FIT)
         codes[kinds == KIND_PINNED] = REASON_CODES.index(EDITORIAL_PIN)
         codes[kinds == KIND_EXPLORED] = REASON_CODES.index(EXPLORATION)
+        codes[kinds == KIND_SESSIONS] = REASON_CODES.index(SIMILAR_SESSIONS)
         cited = np.where(weak | special, -1, cited).astype(np.int64)
         value = np.where(weak | special, 0.0, value).astype(np.float32)
         return codes, cited, value

@@ -18,6 +18,7 @@ from serving.explain import (
     KIND_EXPLORED,
     KIND_PINNED,
     KIND_RANKED,
+    KIND_SESSIONS,
     POPULAR,
     REASON_CODES,
     SESSION_FIT,
@@ -29,6 +30,7 @@ from serving.intent import SessionIntent
 from serving.retrieval import Retriever
 from serving.rules import ActiveRules, place_pins
 from serving.separation import demote_recent_artists
+from serving.session_blend import SessionNeighbours, alternate
 from streams.records import Reason, Recommendations, RecommendedTrack, rounded
 from streams.session import SessionState, context_matrix, query_vector, query_vectors, state_rows
 
@@ -70,8 +72,12 @@ class Rescorer:
         explainer: Explainer | None = None,
         artists: np.ndarray | None = None,
         intent: SessionIntent | None = None,
+        neighbours: SessionNeighbours | None = None,
     ) -> None:
         self._explainer = explainer
+        # Session-kNN over the bundle's training sessions (``serving.session_blend``): its tracks alternate with
+        # the model's in the first ``neighbours.n`` places of a plain list (no rules, no knob). None: not used.
+        self._neighbours = neighbours
         # Which genre the session is in now (``serving.intent``): its most likely genre's tracks join the
         # candidates and the log-belief of each candidate's genre joins the ranking score. None: not used.
         self._intent = intent
@@ -180,6 +186,9 @@ class Rescorer:
             base = [ranked_model[b] for b in range(len(states))]
             boosts = [np.zeros(len(p), np.float32) for p in picks]
             kinds = [np.full(len(p), KIND_RANKED, np.int8) for p in picks]
+            if self._neighbours is not None and not fallback:
+                picks, finals, base, kinds = self._blend(states, idx, model, picks, finals, base, kinds)
+                boosts = [np.zeros(len(p), np.float32) for p in picks]
         else:
             picks, finals, base, boosts, kinds = [], [], [], [], []
             for b, state in enumerate(states):
@@ -202,6 +211,42 @@ class Rescorer:
                 log.exception("explaining the rankings failed; serving them without reasons")
                 reasons = [None] * len(states)
         return [Ranking(picks[b], finals[b], fallback, reasons[b]) for b in range(len(states))]
+
+    def _blend(
+        self,
+        states: Sequence[SessionState],
+        idx: np.ndarray,  # int64 [B, K] the candidates
+        model: np.ndarray,  # float32 [B, K] the model's scores
+        picks: list[np.ndarray],
+        finals: list[np.ndarray],
+        base: list[np.ndarray],
+        kinds: list[np.ndarray],
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """The model's lists with session-kNN's tracks alternating in their first ``neighbours.n`` places (the
+        model's first), then the model's remaining picks, as long as before. A session-kNN track keeps the model's
+        score where it was a candidate, else the lowest score of the model's list (the list is no longer in score
+        order); its kind is ``KIND_SESSIONS``."""
+        assert self._neighbours is not None
+        knn = self._neighbours.lists(states)
+        width = self._neighbours.n
+        out_p, out_f, out_b, out_k = [], [], [], []
+        for b in range(len(states)):
+            p, f, m = picks[b], finals[b], base[b]
+            head, from_knn = alternate(p[:width], knn[b], min(width, len(p)))
+            placed = set(head.tolist())
+            rest = np.asarray([t for t in p.tolist() if t not in placed], dtype=np.int64)
+            tracks = np.concatenate([head, rest])[: len(p)]
+            kind = np.concatenate([np.where(from_knn, KIND_SESSIONS, KIND_RANKED), np.full(len(rest), KIND_RANKED)])
+            kind = kind[: len(p)].astype(np.int8)
+            final_of = dict(zip(p.tolist(), f.tolist(), strict=True))
+            model_of = dict(zip(p.tolist(), m.tolist(), strict=True))
+            cand_of = dict(zip(idx[b].tolist(), model[b].tolist(), strict=False))
+            floor = float(f.min()) if len(f) else 0.0
+            out_f.append(np.asarray([final_of.get(t, cand_of.get(t, floor)) for t in tracks.tolist()], np.float32))
+            out_b.append(np.asarray([model_of.get(t, cand_of.get(t, floor)) for t in tracks.tolist()], np.float32))
+            out_p.append(tracks)
+            out_k.append(kind)
+        return out_p, out_f, out_b, out_k
 
     def _select_one(
         self,

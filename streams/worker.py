@@ -27,6 +27,7 @@ from serving.retrieval import make_retriever
 from serving.rules_store import RedisRulesStore, RulesCache
 from serving.scorer import OnnxScorer
 from serving.separation import artist_codes
+from serving.session_blend import load_neighbours
 from streams.agents import AgentDeps, register_agents
 from streams.app import create_app
 from streams.errors import SegueError
@@ -84,6 +85,7 @@ def build_rescorer(settings: WorkerSettings, catalog: Catalog, model: Scorer) ->
         else None,
         artists=artist_codes(catalog.artist_of),
         intent=SessionIntent(catalog.embeddings, catalog.genre_of),
+        neighbours=load_neighbours(scoring.model_dir),
     )
 
 
