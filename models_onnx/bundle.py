@@ -187,20 +187,26 @@ def read_manifest(bundle_dir: Path | str) -> dict[str, Any]:
     return manifest
 
 
+def _arrays(path: Path, what: str, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of the ``.npz`` file at ``path``, or a ModelError naming ``what`` is unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {name: z[name] for name in names}
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"unreadable {what} {path}: {exc}") from exc
+
+
 def read_track_stats(bundle_dir: Path | str, manifest: Mapping[str, Any]) -> TrackStats:
     """``features.npz`` of a signature-2 bundle, checked against the manifest."""
     path = Path(bundle_dir) / FEATURES
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            stats = TrackStats(
-                neighbour_idx=z["neighbour_idx"],
-                neighbour_val=z["neighbour_val"],
-                popularity=z["popularity"],
-                skip_rate=z["skip_rate"],
-                skip_prior=float(z["skip_prior"]),
-            )
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"unreadable track stats {path}: {exc}") from exc
+    z = _arrays(path, "track stats", ("neighbour_idx", "neighbour_val", "popularity", "skip_rate", "skip_prior"))
+    stats = TrackStats(
+        neighbour_idx=z["neighbour_idx"],
+        neighbour_val=z["neighbour_val"],
+        popularity=z["popularity"],
+        skip_rate=z["skip_rate"],
+        skip_prior=float(z["skip_prior"]),
+    )
     n, m = manifest["n_tracks"], manifest["track_stats"]["neighbours"]
     ok = stats.neighbour_idx.shape == (n, m) and stats.neighbour_val.shape == (n, m)
     ok = ok and stats.popularity.shape == (n,) and stats.skip_rate.shape == (n,)
@@ -221,16 +227,8 @@ def read_session_index(bundle_dir: Path | str, manifest: Mapping[str, Any]) -> S
             f"{SESSION_INDEX_VERSION}; retrain it with this version (`python -m models_onnx.evaluate`)"
         )
     path = Path(bundle_dir) / SESSIONS
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            index = SessionIndex(
-                session_ptr=z["session_ptr"],
-                session_items=z["session_items"],
-                item_ptr=z["item_ptr"],
-                item_sessions=z["item_sessions"],
-            )
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"unreadable session index {path}: {exc}") from exc
+    names = ("session_ptr", "session_items", "item_ptr", "item_sessions")
+    index = SessionIndex(**_arrays(path, "session index", names))
     n, s_count, pairs = manifest["n_tracks"], info["sessions"], info["pairs"]
     ok = index.n_tracks == n and index.n_sessions == s_count and len(index) == pairs
     ok = ok and index.item_sessions.shape == (pairs,) and int(index.session_ptr[-1]) == pairs
