@@ -208,6 +208,21 @@ def test_test_dir_mode_end_to_end(tmp_path: Path) -> None:
     assert scorer.signature == 2 and scorer.features is not None  # the worker's scorer loads it unchanged
     z = np.zeros((1, catalog.dim), np.float32)
     assert scorer.score(z, z, z, np.zeros((1, 8), np.float32), catalog.embeddings[None, :5]).shape == (1, 5)
+    # The worker's ranking step finds the bundle's session index and blends session-kNN into the list.
+    from dataclasses import replace
+
+    from serving.explain import REASON_CODES, SIMILAR_SESSIONS
+    from streams.session import PLAYED, SessionState
+    from streams.settings import ScoringSettings, WorkerSettings
+    from streams.worker import build_rescorer
+
+    assert manifest["session_index"]["pairs"] > 0
+    rescorer = build_rescorer(WorkerSettings(scoring=ScoringSettings(model_dir=bundle)), catalog, scorer)
+    played = (0, 1)  # the two most played training tracks
+    state = replace(SessionState.empty(catalog.dim), recent=played, outcomes=(PLAYED,) * 2, plays=2, events=2)
+    ranking = rescorer.rank([state], [T0])[0]
+    assert len(ranking.indices) == 20 and len(set(ranking.indices.tolist())) == 20
+    assert ranking.reasons is not None and REASON_CODES.index(SIMILAR_SESSIONS) in ranking.reasons.codes.tolist()
 
 
 def test_sampled_softmax_correction_follows_how_often_each_candidate_is_drawn() -> None:
