@@ -91,16 +91,20 @@ def _is_object(raw: bytes) -> bool:
         return False
 
 
-def generate(n_examples: int = 110) -> list[bytes]:
-    """Hostile payloads drawn by hypothesis (100 per example)."""
+def generate(n_payloads: int = 11_000, batch: int = 25) -> list[bytes]:
+    """At least ``n_payloads`` hostile payloads drawn by hypothesis (``batch`` per example). Hypothesis may end a run
+    early (too many draws over its buffer or filtered out), so runs repeat until there are enough."""
     drawn: list[bytes] = []
 
-    @settings(max_examples=n_examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-    @given(st.lists(hostile, min_size=100, max_size=100))
-    def draw(batch: list[bytes]) -> None:
-        drawn.extend(batch)
+    @settings(max_examples=n_payloads // batch, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(hostile, min_size=batch, max_size=batch))
+    def draw(examples: list[bytes]) -> None:
+        drawn.extend(examples)
 
-    draw()
+    for _ in range(10):
+        draw()
+        if len(drawn) >= n_payloads:
+            break
     return drawn
 
 
