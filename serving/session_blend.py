@@ -7,7 +7,7 @@ sessions most similar to the session's last ``max_len`` tracks vote for their tr
 model's list and that one, place by place, the model's first. Measured on real listening sessions
 (docs/offline-evaluation.md): HR@20 above both lists alone.
 
-Pure: states and the index in, track indices out.
+Pure (states and the index in, track indices out) apart from ``load_neighbours``, which reads the bundle.
 """
 
 from __future__ import annotations
