@@ -233,19 +233,18 @@ class Rescorer:
         for b in range(len(states)):
             p, f, m = picks[b], finals[b], base[b]
             head, from_knn = alternate(p[:width], knn[b], min(width, len(p)))
-            placed = set(head.tolist())
-            rest = np.asarray([t for t in p.tolist() if t not in placed], dtype=np.int64)
-            tracks = np.concatenate([head, rest])[: len(p)]
-            kind = np.concatenate([np.where(from_knn, KIND_SESSIONS, KIND_RANKED), np.full(len(rest), KIND_RANKED)])
-            kind = kind[: len(p)].astype(np.int8)
-            final_of = dict(zip(p.tolist(), f.tolist(), strict=True))
-            model_of = dict(zip(p.tolist(), m.tolist(), strict=True))
-            cand_of = dict(zip(idx[b].tolist(), model[b].tolist(), strict=False))
-            floor = float(f.min()) if len(f) else 0.0
-            out_f.append(np.asarray([final_of.get(t, cand_of.get(t, floor)) for t in tracks.tolist()], np.float32))
-            out_b.append(np.asarray([model_of.get(t, cand_of.get(t, floor)) for t in tracks.tolist()], np.float32))
-            out_p.append(tracks)
-            out_k.append(kind)
+            rest = ~np.isin(p, head)  # the model's picks not placed in the head, in order
+            # The head's scores: from the model's list where it has the track, else from the candidates, else the floor.
+            in_p, in_cand = p[None, :] == head[:, None], idx[b][None, :] == head[:, None]  # [h, n], [h, K]
+            floor = np.float32(f.min()) if len(f) else np.float32(0.0)
+            cand_score = np.where(in_cand.any(axis=1), model[b][in_cand.argmax(axis=1)], floor)
+            head_f = np.where(in_p.any(axis=1), f[in_p.argmax(axis=1)], cand_score)
+            head_m = np.where(in_p.any(axis=1), m[in_p.argmax(axis=1)], cand_score)
+            kind = np.concatenate([np.where(from_knn, KIND_SESSIONS, KIND_RANKED), np.full(rest.sum(), KIND_RANKED)])
+            out_p.append(np.concatenate([head, p[rest]])[: len(p)])
+            out_f.append(np.concatenate([head_f, f[rest]])[: len(p)].astype(np.float32))
+            out_b.append(np.concatenate([head_m, m[rest]])[: len(p)].astype(np.float32))
+            out_k.append(kind[: len(p)].astype(np.int8))
         return out_p, out_f, out_b, out_k
 
     def _select_one(
