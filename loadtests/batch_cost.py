@@ -110,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             scorer.provider,
             dynamics_from(settings),
             model_batch=settings.scoring.model_batch,
+            slot_users=settings.scoring.slot_users,
         )
         batches = messages(events, size, now_ms())
         rows.append(measure(processor, batches, size, warmup=max(1, len(batches) // 20), progress=sys.stderr.isatty()))

@@ -74,9 +74,10 @@ Pending = list[tuple[Event, int, Incoming, int]]  # event, track index, its mess
 class Processor:
     """Applies micro-batches of raw events. Collaborators are injected; it holds no per-user state itself.
 
-    ``rescore_timeout_s``: a model call slower than this is abandoned for the cheap ranking (and counted as a
-    rescoring budget miss), so recommendations still arrive within the budget. ``cas_attempts``: how often a
-    user's state is re-read and re-applied when another worker changed it meanwhile (during a rebalance).
+    ``rescore_timeout_s``: the slot for ranking ``slot_users`` users (default ``model_batch``); a micro-batch of U
+    users gets ceil(U / slot_users) slots, and ranking slower than that is abandoned for the cheap ranking (and
+    counted as a rescoring budget miss), so recommendations still arrive within the budget. ``cas_attempts``: how
+    often a user's state is re-read and re-applied when another worker changed it meanwhile (during a rebalance).
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class Processor:
         rescore_timeout_s: float | None = None,
         cas_attempts: int = 5,
         model_batch: int = 64,
+        slot_users: int | None = None,
         max_clock_skew_ms: int = 86_400_000,
         preferences: PreferencesStore | None = None,
         rules: RulesCache | None = None,
@@ -105,6 +107,8 @@ class Processor:
         self._clock = clock
         self._timeout = rescore_timeout_s
         self._model_batch = model_batch
+        # users one rescoring slot covers (default: one model call's)
+        self._slot_users = slot_users if slot_users is not None else model_batch
         self._cas_attempts = cas_attempts
         self._max_skew_ms = max_clock_skew_ms
         self._preferences = preferences  # per-user exploration/diversity knob, read once per batch
@@ -226,8 +230,8 @@ class Processor:
                 states,
                 [s.last_ts_ms for s in states],
             )
-            calls = -(-len(states) // self._model_batch)
-            timeout = self._timeout * calls if self._timeout is not None else None
+            slots = -(-len(states) // self._slot_users)
+            timeout = self._timeout * slots if self._timeout is not None else None
             try:
                 rankings = await asyncio.wait_for(asyncio.shield(self._model_call), timeout=timeout)
             except TimeoutError:
@@ -269,8 +273,8 @@ class Processor:
         sources: list[SessionState] | None = None,
         abandoned: threading.Event | None = None,
     ) -> list[Ranking]:
-        """``Rescorer.rank`` over ``model_batch`` users at a time (bounded tensors, and a timeout that scales
-        with the number of calls rather than with one call's size). Once ``abandoned`` is set (the batch
+        """``Rescorer.rank`` over ``model_batch`` users at a time (bounded tensors; the timeout scales with the
+        number of users, one slot per ``slot_users``). Once ``abandoned`` is set (the batch
         overran its slot and was ranked the cheap way) the remaining chunks are not ranked: the result, then
         shorter than ``states``, is discarded."""
         out: list[Ranking] = []

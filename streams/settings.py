@@ -100,15 +100,21 @@ class ScoringSettings(BaseModel):
     )
     recommendations: int = Field(20, ge=1)
     budget_ms: float = Field(50.0, gt=0)
-    # A model call slower than this per `model_batch` users is abandoned for the cheap ranking (retrieval
+    # Ranking slower than this per `slot_users` users is abandoned for the cheap ranking (retrieval
     # similarity), so that recommendations still arrive when the model stalls. Ranking 64 users (model,
     # session intent, explanations) takes ~30-40 ms of a shared core: a shorter slot abandons ordinary calls
     # under load (docs/benchmarks.md, "Freshness at a steady rate").
     rescore_timeout_ms: float = Field(
-        60.0, gt=0, description="slot of one model call of `model_batch` users; over it, lists are ranked by retrieval"
+        60.0, gt=0, description="slot for ranking `slot_users` users; over it, lists are ranked by retrieval"
     )
+    slot_users: int = Field(
+        64, ge=1, description="users one slot covers: a micro-batch of U users gets ceil(U / slot_users) slots"
+    )
+    # Each model call has a fixed part (the session intent's prior and filter, the explanations' arrays, ONNX
+    # Runtime's call): 256 users per call gave 16% more events per CPU-second than 64 at 1,024 events per batch
+    # (docs/benchmarks.md, "What each optimisation changed"). The budget stays per `slot_users`.
     model_batch: int = Field(
-        64, ge=1, description="users per model call; a micro-batch with more users is scored in several calls"
+        256, ge=1, description="users per model call; a micro-batch with more users is scored in several calls"
     )
     # Fault drills only: sleep this long in every model call (0 in production).
     inject_delay_ms: float = Field(0.0, ge=0)

@@ -114,6 +114,7 @@ def build_runtime(settings: WorkerSettings, registry: CollectorRegistry | None =
         dynamics_from(settings),
         rescore_timeout_s=scoring.rescore_timeout_ms / 1000,
         model_batch=scoring.model_batch,
+        slot_users=scoring.slot_users,
         preferences=RedisPreferencesStore.connect(settings.redis),
         rules=RulesCache(
             RedisRulesStore.connect(settings.redis), catalog.index, catalog.artist_of, scoring.rules_refresh_s

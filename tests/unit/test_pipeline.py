@@ -7,6 +7,7 @@ import time
 
 import msgspec
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
 from serving.catalog import Catalog
@@ -136,6 +137,30 @@ def test_an_abandoned_model_call_stops_after_the_chunk_in_progress(quick_bundle,
     assert len(out.recommendations) == 6 and all(r.fallback for r in out.recommendations)
     proc._model_thread.shutdown(wait=True)  # the abandoned call runs to its end in the model thread
     assert 1 <= Counting.calls <= 2  # the chunk in progress when the slot ran out (and at most one more)
+
+
+@pytest.mark.parametrize(("slot_users", "fallback"), [(1, False), (6, True)])
+def test_the_rescoring_budget_is_one_slot_per_slot_users_not_per_model_call(quick_bundle, world, slot_users, fallback):
+    from serving.faults import SlowScorer
+
+    catalog = Catalog.load(quick_bundle)
+    scorer = OnnxScorer.load(quick_bundle, device="cpu")
+    slow = Rescorer(catalog.embeddings, ExactRetriever(catalog.embeddings), SlowScorer(scorer, 0.15), 100, 10)
+    # six users in one model call of 0.15 s: six slots of 0.05 s hold it, one slot does not
+    proc = Processor(
+        catalog,
+        slow,
+        MemoryStore(),
+        Metrics.create(CollectorRegistry()),
+        scorer.provider,
+        rescore_timeout_s=0.05,
+        model_batch=6,
+        slot_users=slot_users,
+    )
+    out = asyncio.run(proc.process(messages(world, n_users=6, per_user=1)))
+    assert len(out.recommendations) == 6
+    assert all(r.fallback is fallback for r in out.recommendations)
+    proc._model_thread.shutdown(wait=True)
 
 
 def as_batches(msgs, per_message=5):
