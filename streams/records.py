@@ -159,6 +159,8 @@ def _decode_strict(raw: bytes | bytearray | memoryview | str) -> Event:
         raise InvalidEvent(_classify(str(exc)), str(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidEvent(MALFORMED_JSON, str(exc)) from None
+    except UnicodeDecodeError as exc:  # msgspec lets this through for encoded surrogates (ED A0 80 ..)
+        raise InvalidEvent(MALFORMED_JSON, f"a string is not valid UTF-8: {exc}") from None
 
 
 def _checked(tp: Any, twins: dict[type, type]) -> Any:

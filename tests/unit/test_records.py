@@ -65,6 +65,8 @@ def test_unknown_fields_are_ignored_for_forward_compatibility():
         (raw(type="like", user_id="u\n"), "invalid_field"),
         (raw(type="like", event_id="e\n"), "invalid_field"),
         (raw(type="like", context={"device": "mobile\n"}), "invalid_field"),
+        (raw(type="like").replace(b'"u-1"', b'"u-\xed\xa0\x80"'), "malformed_json"),  # an encoded surrogate
+        (raw(type="like").replace(b'"u-1"', b'"u-\xff"'), "malformed_json"),
     ],
 )
 def test_bad_input_gets_a_reason(payload, reason):
@@ -101,6 +103,9 @@ def test_batch_messages_decode_event_by_event():
     assert [isinstance(e, InvalidEvent) for _, e in out] == [False, True, False]
     assert out[1][1].reason == "unknown_type" and out[0][0] == good
     assert decode_message(good)[0][1].event_id == "e1"  # a single event is a batch of one
+    surrogate = good.replace(b'"u"', b'"u\xed\xa0\x80"')  # not UTF-8: that event alone is rejected
+    out = decode_message(b"[" + good + b"," + surrogate + b"]")
+    assert [getattr(e, "reason", None) for _, e in out] == [None, "malformed_json"]
     too_many = b"[" + b",".join([good] * (MAX_BATCH_EVENTS + 1)) + b"]"
     for raw, reason in (
         (b"[]", "malformed_json"),
