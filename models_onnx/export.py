@@ -3,7 +3,9 @@
 ``export_model`` returns the serialised ONNX model only after ``onnx.checker.check_model`` passed and
 ONNX Runtime (CPU) matched torch within ``PARITY_ATOL`` on random inputs at several batch and candidate
 sizes; any failure raises ``ModelError``. The TorchScript-based exporter (``dynamo=False``) is used: it
-needs no extra packages and handles this model's plain tensor code.
+needs no extra packages and handles this model's plain tensor code. A model with a ``for_export()`` method
+(``SessionScorer``) is exported in the form that method returns, the same function in ops that run faster
+in ONNX Runtime; the parity check compares the file with the model's own forward.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def export_model(
     """Export ``model`` with the names, dynamic axes and metadata of ``signature``; check it and its parity;
     return bytes."""
     model.eval()
+    graph = export_form(model).eval()
     example = tuple(torch.from_numpy(a) for a in random_inputs(2, 3, dim, rng, signature))
     dynamic_axes = {
         name: {i: ax for i, ax in enumerate(shape) if isinstance(ax, str)}
@@ -50,7 +53,7 @@ def export_model(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but still supported
         torch.onnx.export(
-            model,
+            graph,
             example,
             buf,
             dynamo=False,
@@ -68,6 +71,12 @@ def export_model(
     data = proto.SerializeToString()
     check_parity(model, data, dim, rng, signature=signature)
     return data
+
+
+def export_form(model: torch.nn.Module) -> torch.nn.Module:
+    """The module whose graph is written for ``model``: ``model.for_export()`` where it has one, else itself."""
+    for_export = getattr(model, "for_export", None)
+    return for_export() if callable(for_export) else model
 
 
 def random_inputs(
