@@ -85,6 +85,27 @@ def test_cpu_scorer(quick_bundle: Path) -> None:
         s.score(*(np.zeros((2, 32)),) * 3, np.zeros((2, 8)), np.zeros((2, 5, 16)))
 
 
+def test_a_large_cpu_call_runs_in_parts_with_the_same_scores(quick_bundle: Path, monkeypatch) -> None:
+    s = OnnxScorer.load(quick_bundle, device="cpu")
+    rng = np.random.default_rng(1)
+    b, k = 7, 50
+    args = [rng.normal(size=(b, 32)) for _ in range(3)] + [rng.normal(size=(b, 8)), rng.normal(size=(b, k, 32))]
+    whole = s.score(*args)  # 350 candidates: one run
+    runs = []
+    session = s._session
+
+    class Counting:
+        def run(self, outputs, feeds):
+            runs.append(len(next(iter(feeds.values()))))
+            return session.run(outputs, feeds)
+
+    monkeypatch.setattr(s, "_session", Counting())
+    monkeypatch.setattr(scorer_mod, "CPU_CANDIDATES_PER_RUN", 2 * k)  # two users per run
+    parts = s.score(*args)
+    assert runs == [2, 2, 2, 1]
+    assert parts.shape == (b, k) and np.allclose(parts, whole, atol=1e-5)
+
+
 @pytest.mark.parametrize("device", ["auto", "cuda"])
 def test_gpu_devices_report_the_provider_actually_used(quick_bundle: Path, device: str) -> None:
     s = OnnxScorer.load(quick_bundle, device=device)
