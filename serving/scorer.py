@@ -297,7 +297,7 @@ class OnnxScorer:
             return [np.zeros((b, k), np.float32) for _ in outputs]
         if self._runner is not None:
             return self._runner.run_all(inputs)
-        rows = max(1, CPU_CANDIDATES_PER_RUN // k)
+        rows = max(1, CPU_CANDIDATES_PER_RUN // k) if self.provider == CPU else b
         if b <= rows:
             return list(self._session.run(list(outputs), dict(zip(names, inputs, strict=True))))
         parts = [
