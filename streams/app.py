@@ -61,6 +61,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         datadir=str(settings.data_dir),
         autodiscover=False,
         producer_linger=0.0,
+        producer_max_batch_size=settings.kafka.producer_max_batch_bytes,
         processing_guarantee="at_least_once",
         stream_wait_empty=False,
     )

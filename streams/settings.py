@@ -35,6 +35,13 @@ class KafkaSettings(BaseModel):
     # The longest a consumer fetch waits for new data. Short, because the embedded broker does not answer
     # a waiting fetch early when data arrives.
     fetch_max_wait_ms: int = Field(10, ge=1, le=5000)
+    # The worker's producer: a send waits while its partition's batch is full and a request is in flight, so
+    # a micro-batch's recommendations (~1.2 KB each, hundreds per partition) outgrew the clients' 16 KiB and the
+    # worker idled on it: 16 KiB -> 512 KiB took it from 86% to 93-96% of a core and 6,445-6,665 to 7,131-7,401
+    # events/s (docs/benchmarks.md). Below Kafka's default message.max.bytes (1 MB).
+    producer_max_batch_bytes: int = Field(
+        524_288, ge=1024, le=1_000_000, description="the worker producer's batch size per partition, in bytes"
+    )
 
     @property
     def servers(self) -> list[str]:

@@ -37,3 +37,13 @@ def test_sasl_settings_reach_the_kafka_client():
     )
     kw = worker.kafka.kafka_python_kwargs()
     assert kw["security_protocol"] == "SASL_SSL" and kw["sasl_plain_password"] == "p"
+
+
+def test_the_worker_app_takes_its_producer_batch_size_from_the_settings(monkeypatch, tmp_path):
+    from streams.app import create_app
+
+    monkeypatch.setenv("SEGUE_KAFKA__PRODUCER_MAX_BATCH_BYTES", "65536")
+    app = create_app(WorkerSettings(data_dir=tmp_path))
+    assert app.conf.producer_max_batch_size == 65536
+    monkeypatch.delenv("SEGUE_KAFKA__PRODUCER_MAX_BATCH_BYTES")
+    assert create_app(WorkerSettings(data_dir=tmp_path)).conf.producer_max_batch_size == 524_288
