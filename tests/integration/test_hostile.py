@@ -64,6 +64,10 @@ control_chars = st.text(alphabet=st.characters(max_codepoint=31), min_size=1, ma
 lone_surrogate = st.sampled_from([b"\\ud800", b"\\udfff", b"\\ud83d"]).map(
     lambda s: _dump(BASE).replace(b'"hostile"', b'"host' + s + b'ile"')
 )
+# Raw bytes that are not UTF-8 inside a string: an encoded surrogate, a stray continuation byte, a cut sequence.
+not_utf8 = st.sampled_from([b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\x80", b"\xff", b"\xc3", b"\xe2\x82"]).map(
+    lambda s: _dump(BASE).replace(b'"hostile"', b'"host' + s + b'ile"')
+)
 missing = st.sampled_from(["event_id", "user_id", "track_id", "ts_ms", "played_ms", "type"]).map(
     lambda f: _dump({k: v for k, v in BASE.items() if k != f})
 )
@@ -79,6 +83,7 @@ hostile = st.one_of(
     bad_time,
     control_chars,
     lone_surrogate,
+    not_utf8,
     missing,
     unknown_type,
 )
