@@ -113,7 +113,7 @@ def create_api(deps: ApiDeps) -> FastAPI:
             raise HTTPException(status_code=413, detail=f"request body over {deps.settings.max_body_bytes} bytes")
         try:
             payload = msgspec.json.decode(body)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # a body that is not UTF-8 raises the latter
             return JSONResponse(
                 {"accepted": 0, "errors": [{"index": 0, "reason": MALFORMED_JSON, "detail": str(exc)}]},
                 status_code=400,

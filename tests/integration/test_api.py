@@ -146,6 +146,9 @@ def test_ingest_validates_and_produces(api_parts, embedded_stack):
         assert mixed.status_code == 207 and mixed.json()["errors"][0]["reason"] == "unknown_type"
         bad = client.post("/v1/events", content=b"{nope", headers={"content-type": "application/json"})
         assert bad.status_code == 400 and bad.json()["errors"][0]["reason"] == "malformed_json"
+        json_type = {"content-type": "application/json"}
+        not_utf8 = client.post("/v1/events", content=b'{"user_id": "b\xffb"}', headers=json_type)
+        assert not_utf8.status_code == 400 and not_utf8.json()["errors"][0]["reason"] == "malformed_json"
     messages = read_topic(
         embedded_stack.kafka.bootstrap_servers, settings.topics.events, settings.topics.partitions, expected=2
     )
