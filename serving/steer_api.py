@@ -70,7 +70,7 @@ def register_steering(
         check_user(user_id)
         try:
             body = msgspec.json.decode(await request.body(), type=SteerRequest)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:  # the last: not UTF-8
             raise HTTPException(
                 status_code=400,
                 detail=f'body must be {{"prompt": str, "strength": float, "ttl_s": int}}: {exc}',

@@ -102,6 +102,7 @@ def test_steer_reads_the_prompt_moves_the_list_and_can_be_removed(app_parts):
         assert bad.status_code == 400 and "try words such as" in bad.json()["detail"]
         assert client.post(f"/v1/users/{user}/steer", json={"prompt": "calm", "strength": 9}).status_code == 400
         assert client.post(f"/v1/users/{user}/steer", content=b"not json").status_code == 400
+        assert client.post(f"/v1/users/{user}/steer", content=b'{"prompt": "c\xffalm"}').status_code == 400
 
 
 def test_a_new_listener_gets_the_context_prior_and_a_steer_without_any_event(app_parts):
