@@ -26,6 +26,9 @@ from streams.stores import RedisStore
 AUTH = {"Authorization": "Bearer s3cret"}
 
 
+JSON = {"content-type": "application/json"}
+
+
 @pytest.fixture
 def app_and_catalog(embedded_stack, redis_prefix, quick_bundle):
     settings = ApiSettings(
@@ -87,6 +90,8 @@ def test_rules_endpoints_add_list_remove_and_audit(app_and_catalog):
         assert bad_artist.status_code == 422 and "not in the catalog" in bad_artist.json()["detail"]
         assert client.post("/v1/rules", json={**pin, "target": "artist", "ttl_s": 60}, headers=AUTH).status_code == 422
         assert client.post("/v1/rules", json={**body, "action": "mute"}, headers=AUTH).status_code == 422
+        not_utf8 = client.post("/v1/rules", content=b'{"action": "bl\xffock"}', headers={**AUTH, **JSON})
+        assert not_utf8.status_code == 400  # FastAPI: the body cannot be parsed
 
         listed = client.get("/v1/rules", headers=AUTH).json()["rules"]
         assert [r["rule_id"] for r in listed] == [rule["rule_id"]]
